@@ -1,0 +1,25 @@
+/// @file
+/// Umbrella header: includes every public kmem header.
+///
+/// @code
+///   #include <kmem/kmem.hpp>
+///   kmem::BuddyAllocator<10, 4096, kmem::StaticRegion<1 << 20>> buddy;
+///   kmem::Page* p = buddy.alloc_pages(kmem::gfp::kernel, 0);
+///   buddy.free_pages(p, 0);
+/// @endcode
+#pragma once
+
+#include <kmem/buddy.hpp>
+#include <kmem/gfp.hpp>
+#include <kmem/page.hpp>
+#include <kmem/pmr.hpp>
+#include <kmem/policy/error.hpp>
+#include <kmem/policy/lock.hpp>
+#include <kmem/policy/zone.hpp>
+#include <kmem/region.hpp>
+
+/// The kmem library: the Linux kernel's memory allocators as C++20 templates.
+namespace kmem {
+/// Policies chosen by template parameter: locking, error handling, zone.
+namespace policy {}
+} // namespace kmem

@@ -1,0 +1,153 @@
+/// @file
+/// Page frames: the compact descriptor kept for every page an allocator manages (the kernel's struct page),
+/// and the side table that holds them outside the managed range.
+///
+/// A descriptor is 16 bytes: flags (buddy, head, tail, reserved, slab, block), an order, a reference count with
+/// get_page / put_page semantics, and one 64-bit word that is the free-list link while the page is free, the
+/// head's index for a compound tail, and the owner slot (the owning cache, for slab) while it is allocated.
+///
+/// @code
+///   kmem::PageTable<4096> table(/*first pfn*/ 256, /*pages*/ 1024);
+///   kmem::Page& p = table.pfn_to_page(300);
+///   assert(table.page_to_pfn(&p) == 300);
+///   kmem::set_page_refcounted(p);          // refcount 1
+///   kmem::get_page(p);                     // refcount 2
+///   assert(!kmem::put_page_testzero(p));   // back to 1
+/// @endcode
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include <sys/mman.h>
+
+namespace kmem {
+
+/// Page flags (the kernel's PG_* bits that this layer uses).
+enum class PageFlag : std::uint16_t {
+    buddy = 1u << 0,    ///< PG_buddy: the first page of a free block on a free list; order() is its order.
+    head = 1u << 1,     ///< PG_head: the first page of a compound page (__GFP_COMP).
+    tail = 1u << 2,     ///< A tail page of a compound page; compound_head() finds the head.
+    reserved = 1u << 3, ///< PG_reserved: never handed to the buddy allocator (memblock reservations).
+    slab = 1u << 4,     ///< PG_slab: the page belongs to a slab; owner() is the cache.
+    block = 1u << 5,    ///< The first page of an allocated block; order() is the order it was allocated with.
+};
+
+/// The descriptor of one page frame (struct page), at most 16 bytes; lives in a PageTable, never in the region.
+class Page {
+public:
+    /// The "no page" index used by free-list links.
+    static constexpr std::uint32_t nil = 0xffffffffu;
+
+    /// True when flag `f` is set (PageBuddy(), PageHead(), PageTail(), PageReserved(), PageSlab()).
+    bool test(PageFlag f) const noexcept { return (flags_ & static_cast<std::uint16_t>(f)) != 0; }
+    /// Sets flag `f` (SetPageReserved(), __SetPageSlab() ...).
+    void set(PageFlag f) noexcept { flags_ = static_cast<std::uint16_t>(flags_ | static_cast<std::uint16_t>(f)); }
+    /// Clears flag `f`.
+    void clear(PageFlag f) noexcept {
+        flags_ = static_cast<std::uint16_t>(flags_ & ~static_cast<std::uint16_t>(f));
+    }
+    /// All flags as a mask of PageFlag bits.
+    std::uint16_t flags() const noexcept { return flags_; }
+    /// The order of the block this page heads (buddy_order() for free pages, compound_order() for heads).
+    unsigned order() const noexcept { return order_; }
+    /// The reference count (page_ref_count()); 0 for free pages.
+    int refcount() const noexcept { return std::atomic_ref<const std::int32_t>(refcount_).load(std::memory_order_relaxed); }
+    /// The owner slot (page->slab_cache): any 64-bit value, meaningful only while the page is allocated.
+    std::uint64_t owner() const noexcept { return (std::uint64_t{hi_} << 32) | lo_; }
+    /// Sets the owner slot; only for allocated pages (the slot doubles as the free-list link).
+    void set_owner(std::uint64_t v) noexcept {
+        lo_ = static_cast<std::uint32_t>(v);
+        hi_ = static_cast<std::uint32_t>(v >> 32);
+    }
+
+private:
+    template <std::size_t>
+    friend class PageTable;
+    template <unsigned, std::size_t, class...>
+    friend class BuddyAllocator;
+    friend void set_page_refcounted(Page&) noexcept;
+    friend void get_page(Page&) noexcept;
+    friend bool put_page_testzero(Page&) noexcept;
+
+    std::uint32_t lo_ = 0;    // next free block / compound head index / owner low half
+    std::uint32_t hi_ = 0;    // previous free block / owner high half
+    std::uint16_t flags_ = 0; // PageFlag bits
+    std::uint8_t order_ = 0;  // block order
+    std::uint8_t spare_ = 0;  // reserved for later layers (migrate type)
+    std::int32_t refcount_ = 0;
+};
+static_assert(sizeof(Page) <= 16, "a page descriptor must stay within 16 bytes.");
+
+/// Sets the reference count of a newly allocated page to 1 (set_page_refcounted).
+inline void set_page_refcounted(Page& p) noexcept {
+    std::atomic_ref<std::int32_t>(p.refcount_).store(1, std::memory_order_relaxed);
+}
+/// Takes one more reference on an allocated page (get_page).
+inline void get_page(Page& p) noexcept {
+    std::atomic_ref<std::int32_t>(p.refcount_).fetch_add(1, std::memory_order_relaxed);
+}
+/// Drops one reference; true when it was the last one and the page must be freed (put_page_testzero).
+/// The allocators' put_page() calls this and frees the page.
+inline bool put_page_testzero(Page& p) noexcept {
+    return std::atomic_ref<std::int32_t>(p.refcount_).fetch_sub(1, std::memory_order_acq_rel) == 1;
+}
+/// The reference count (page_ref_count).
+inline int page_ref_count(const Page& p) noexcept { return p.refcount(); }
+
+/// The side table of page descriptors for a contiguous range of page frame numbers (the kernel's mem_map).
+/// Memory comes from an anonymous private mapping, so untouched descriptors of a huge range cost nothing.
+template <std::size_t PageSize>
+class PageTable {
+public:
+    /// A table for `count` page frames starting at page frame number `first_pfn`; descriptors start zeroed.
+    PageTable(std::uint64_t first_pfn, std::uint64_t count) : first_(first_pfn), count_(count) {
+        if (count >= Page::nil) throw std::length_error("kmem: a page table holds at most 2^32-1 page frames");
+        bytes_ = static_cast<std::size_t>(count) * sizeof(Page);
+        if (bytes_ == 0) return;
+        void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        pages_ = static_cast<Page*>(p);
+    }
+    PageTable(const PageTable&) = delete;            ///< Not copyable.
+    PageTable& operator=(const PageTable&) = delete; ///< Not copyable.
+    /// Moves the table.
+    PageTable(PageTable&& o) noexcept
+        : pages_(std::exchange(o.pages_, nullptr)), first_(o.first_), count_(std::exchange(o.count_, 0)),
+          bytes_(std::exchange(o.bytes_, 0)) {}
+    /// Unmaps the descriptors.
+    ~PageTable() {
+        if (pages_ != nullptr) ::munmap(pages_, bytes_);
+    }
+    /// The first page frame number covered.
+    std::uint64_t first_pfn() const noexcept { return first_; }
+    /// Number of page frames covered.
+    std::uint64_t size() const noexcept { return count_; }
+    /// True when `pfn` is covered (pfn_valid).
+    bool contains_pfn(std::uint64_t pfn) const noexcept { return pfn - first_ < count_; }
+    /// The descriptor of page frame `pfn` (pfn_to_page); `pfn` must be covered.
+    Page& pfn_to_page(std::uint64_t pfn) const noexcept { return pages_[pfn - first_]; }
+    /// The page frame number of a descriptor from this table (page_to_pfn).
+    std::uint64_t page_to_pfn(const Page* p) const noexcept { return first_ + static_cast<std::uint64_t>(p - pages_); }
+    /// True when `p` points into this table.
+    bool owns(const Page* p) const noexcept {
+        return p >= pages_ && p < pages_ + count_ && (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(pages_)) % sizeof(Page) == 0;
+    }
+    /// The descriptor at index `i` (pfn - first_pfn()).
+    Page& operator[](std::uint64_t i) const noexcept { return pages_[i]; }
+    /// Bytes of descriptor memory reserved (16 per page frame at most).
+    std::size_t metadata_bytes() const noexcept { return bytes_; }
+
+private:
+    Page* pages_ = nullptr;
+    std::uint64_t first_ = 0;
+    std::uint64_t count_ = 0;
+    std::size_t bytes_ = 0;
+};
+
+} // namespace kmem

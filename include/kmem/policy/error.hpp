@@ -1,0 +1,122 @@
+/// @file
+/// Error policies: what an allocator does when a caller makes a mistake (a bad free, a wrong order...).
+///
+/// The allocator detects the mistake, leaves its state untouched, builds a kmem::UsageError and hands it to its
+/// error policy: AssertOnError prints and aborts (like the kernel's BUG()), ThrowOnError throws
+/// kmem::usage_error, CallbackOnError calls a function of yours and lets the program go on (like WARN()).
+///
+/// @code
+///   kmem::policy::CallbackOnError on_error;
+///   int seen = 0;
+///   on_error.set_callback([&](const kmem::UsageError& e) { seen += e.kind == kmem::ErrorKind::double_free; });
+///   on_error.on_error(kmem::UsageError{kmem::ErrorKind::double_free, "free_pages", "page already free"});
+///   assert(seen == 1);
+/// @endcode
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace kmem {
+
+/// The kind of caller mistake an allocator detected.
+enum class ErrorKind {
+    out_of_region,    ///< The address or page is not inside the allocator's region.
+    misaligned,       ///< The address is not aligned to a page.
+    not_block_start,  ///< The page is inside an allocated block but is not its first page.
+    wrong_order,      ///< The order given to free does not match the order allocated.
+    double_free,      ///< The block is already free.
+    order_too_large,  ///< The order exceeds the allocator's MaxOrder.
+    invalid_gfp,      ///< The runtime GFP flags break a rule (see gfp::Problem) or cannot be honoured.
+    nofail_failed,    ///< A __GFP_NOFAIL request could not be satisfied and this layer cannot reclaim.
+    bad_refcount,     ///< put_page on a page whose reference count is already zero.
+    not_addressable,  ///< A host-address operation on a region that holds no host memory.
+};
+
+/// A short name for an ErrorKind ("double free", "wrong order", ...).
+constexpr std::string_view to_string(ErrorKind k) noexcept {
+    switch (k) {
+    case ErrorKind::out_of_region: return "address outside the region";
+    case ErrorKind::misaligned: return "misaligned address";
+    case ErrorKind::not_block_start: return "not the start of an allocated block";
+    case ErrorKind::wrong_order: return "wrong order";
+    case ErrorKind::double_free: return "double free";
+    case ErrorKind::order_too_large: return "order above MaxOrder";
+    case ErrorKind::invalid_gfp: return "invalid GFP flags";
+    case ErrorKind::nofail_failed: return "__GFP_NOFAIL allocation failed";
+    case ErrorKind::bad_refcount: return "reference count underflow";
+    case ErrorKind::not_addressable: return "region is not addressable";
+    }
+    return "unknown error";
+}
+
+/// A detected caller mistake: which kind, in which operation, and a full sentence describing it.
+struct UsageError {
+    ErrorKind kind;             ///< What went wrong.
+    std::string_view operation; ///< The allocator operation that detected it, e.g. "free_pages".
+    std::string message;        ///< A full sentence with the details (addresses, orders).
+};
+
+/// The exception ThrowOnError throws; carries the UsageError.
+class usage_error : public std::invalid_argument {
+public:
+    /// Wraps `e`; what() returns its message prefixed with the operation.
+    explicit usage_error(UsageError e)
+        : std::invalid_argument("kmem: " + std::string(e.operation) + ": " + e.message), error_(std::move(e)) {}
+    /// The detected mistake.
+    const UsageError& error() const noexcept { return error_; }
+
+private:
+    UsageError error_;
+};
+
+namespace policy {
+
+/// Satisfied by error policies: on_error(const UsageError&) is called for every detected mistake.
+template <class P>
+concept ErrorPolicy = requires(P& p, const UsageError& e) { p.on_error(e); };
+
+/// Prints the error to stderr and aborts, like the kernel's BUG(); the default policy.
+struct AssertOnError {
+    /// Prints "kmem: <operation>: <message>" and calls std::abort().
+    [[noreturn]] void on_error(const UsageError& e) const noexcept {
+        std::fprintf(stderr, "kmem: %.*s: %s\n", static_cast<int>(e.operation.size()), e.operation.data(),
+                     e.message.c_str());
+        std::abort();
+    }
+};
+
+/// Throws kmem::usage_error; the allocator is unchanged when the exception leaves it.
+struct ThrowOnError {
+    /// Throws kmem::usage_error(e).
+    [[noreturn]] void on_error(const UsageError& e) const { throw usage_error(e); }
+};
+
+/// Calls a user callback (by default: print to stderr, like WARN()) and lets the caller go on.
+class CallbackOnError {
+public:
+    /// The callback type.
+    using Callback = std::function<void(const UsageError&)>;
+    /// Replaces the callback; an empty callback restores the default (print to stderr).
+    void set_callback(Callback cb) { cb_ = std::move(cb); }
+    /// Calls the callback, or prints when none is set.
+    void on_error(const UsageError& e) const {
+        if (cb_) {
+            cb_(e);
+            return;
+        }
+        std::fprintf(stderr, "kmem: %.*s: %s\n", static_cast<int>(e.operation.size()), e.operation.data(),
+                     e.message.c_str());
+    }
+
+private:
+    Callback cb_;
+};
+
+} // namespace policy
+} // namespace kmem

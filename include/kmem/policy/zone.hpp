@@ -1,0 +1,27 @@
+/// @file
+/// Zone policy: which zone (ZONE_DMA, ZONE_NORMAL...) a page allocator's memory belongs to.
+///
+/// GFP zone modifiers are checked against it at compile time: `gfp::dma` on an allocator built without
+/// `InZone<ZoneType::dma>` does not compile.
+///
+/// @code
+///   using DmaBuddy = kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::InZone<kmem::ZoneType::dma>>;
+/// @endcode
+#pragma once
+
+#include <kmem/gfp.hpp>
+
+namespace kmem::policy {
+
+/// Declares the zone an allocator manages (ZONE_NORMAL when no InZone policy is given).
+template <ZoneType Z>
+struct InZone {
+    /// The zone.
+    static constexpr ZoneType zone = Z;
+};
+
+/// True when a request whose flags allow zones up to `requested` (gfp_zone()) may be served from zone `have`:
+/// the kernel's zonelists fall back from the requested zone to lower zones, never to higher ones.
+constexpr bool zone_serves(ZoneType have, ZoneType requested) noexcept { return have <= requested; }
+
+} // namespace kmem::policy
