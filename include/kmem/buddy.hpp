@@ -462,12 +462,13 @@ private:
     void populate() {
         const std::uint64_t first = table_.first_pfn();
         const std::uint64_t n = table_.size();
+        std::array<std::uint32_t, MaxOrder + 1> last = filled_nil(); // lists start in address order
         for (index_t i = 0; i < n;) {
             const std::uint64_t pfn = first + i;
             unsigned order = MaxOrder;
             while (order > 0 && (((pfn & ((std::uint64_t{1} << order) - 1)) != 0) || i + (std::uint64_t{1} << order) > n))
                 --order;
-            push(i, order);
+            append(i, order, last);
             free_pages_ += std::uint64_t{1} << order;
             i += std::uint64_t{1} << order;
         }
@@ -483,6 +484,20 @@ private:
         p.hi_ = Page::nil;
         if (head != Page::nil) table_[head].hi_ = static_cast<std::uint32_t>(i);
         free_head_[order] = static_cast<std::uint32_t>(i);
+        free_mask_ |= 1u << order;
+        ++nr_free_[order];
+    }
+    void append(index_t i, unsigned order, std::array<std::uint32_t, MaxOrder + 1>& last) noexcept {
+        Page& p = table_[i];
+        p.flags_ = static_cast<std::uint16_t>(PageFlag::buddy);
+        p.order_ = static_cast<std::uint8_t>(order);
+        p.lo_ = Page::nil;
+        p.hi_ = last[order];
+        if (last[order] != Page::nil)
+            table_[last[order]].lo_ = static_cast<std::uint32_t>(i);
+        else
+            free_head_[order] = static_cast<std::uint32_t>(i);
+        last[order] = static_cast<std::uint32_t>(i);
         free_mask_ |= 1u << order;
         ++nr_free_[order];
     }

@@ -1,0 +1,117 @@
+// A short tour of kmem: a buddy allocator at work, the /proc/buddyinfo table before and after, pages split and
+// merged, an offset-only (device memory) region, error detection, and the GFP rules checked at compile time.
+#include <kmem/kmem.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <memory_resource>
+#include <string>
+#include <vector>
+
+namespace {
+
+void heading(const char* title) { std::cout << "\n== " << title << " ==\n"; }
+
+template <class Buddy>
+void show(const char* when, const Buddy& buddy) {
+    std::cout << "  " << when << " (" << buddy.nr_free_pages() << " of " << buddy.total_pages()
+              << " pages free)\n  " << buddy.buddyinfo();
+}
+
+} // namespace
+
+int main() {
+    // 8 MiB of anonymous memory, aligned to the largest block (order 10 = 4 MiB) so the layout is predictable.
+    using Buddy = kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::CallbackOnError>;
+    Buddy buddy(kmem::MmapRegion(8 << 20, {.alignment = 4 << 20}));
+    buddy.set_name("tour");
+
+    heading("1. pages allocated by order");
+    std::cout << "  /proc/buddyinfo columns are free blocks of order 0, 1, ... 10 (4 KiB ... 4 MiB)\n";
+    show("before", buddy);
+    kmem::Page* one = buddy.alloc_pages(kmem::gfp::kernel, 0);
+    kmem::Page* eight = buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::zero, 3);
+    kmem::Page* big = buddy.alloc_pages(kmem::gfp::kernel, 9);
+    for (auto [page, order] : {std::pair{one, 0}, std::pair{eight, 3}, std::pair{big, 9}})
+        std::cout << "  alloc_pages(order " << order << ") -> pfn " << buddy.page_to_pfn(page) << ", offset "
+                  << buddy.page_offset(page) << ", " << (4096 << order) / 1024 << " KiB\n";
+    show("after", buddy);
+    std::cout << "  The order-0 request split a 4 MiB block in halves ten times: one free block is left at\n"
+                 "  each order 0..9 and the lowest page is handed out.  The order-3 and order-9 requests took\n"
+                 "  blocks from those halves without any further splitting.\n";
+
+    heading("2. split and merged back");
+    buddy.free_pages(one, 0);
+    show("after free_pages(order 0)", buddy);
+    std::cout << "  Freeing the order-0 page found its buddy (pfn XOR 1) free and merged, then again at\n"
+                 "  orders 1 and 2; the merge stopped at order 3 because the buddy there is still in use.\n";
+    buddy.free_pages(eight, 3);
+    buddy.free_pages(big, 9);
+    show("after freeing everything", buddy);
+
+    heading("3. exact sizes, split_page and compound pages");
+    void* five = buddy.alloc_pages_exact(5 * 4096, kmem::gfp::kernel);
+    std::cout << "  alloc_pages_exact(5 pages): " << buddy.total_pages() - buddy.nr_free_pages()
+              << " pages in use (the 3-page tail of the order-3 block went back at once)\n";
+    buddy.free_pages_exact(five, 5 * 4096);
+    kmem::Page* four = buddy.alloc_pages(kmem::gfp::kernel, 2);
+    buddy.split_page(four, 2);
+    buddy.free_pages(four + 1, 0);
+    std::cout << "  split_page(order 2) made four order-0 pages; after freeing one of them alone, "
+              << buddy.total_pages() - buddy.nr_free_pages() << " pages are in use\n";
+    for (int i : {0, 2, 3}) buddy.free_pages(four + i, 0);
+    kmem::Page* thp = buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::comp, 4);
+    std::cout << "  gfp::comp order 4: head flag " << thp->test(kmem::PageFlag::head) << ", page 7 is a tail: "
+              << thp[7].test(kmem::PageFlag::tail) << ", compound_head(page 7) == head: "
+              << (buddy.compound_head(thp + 7) == thp) << "\n";
+    buddy.free_pages(thp, 4);
+    show("all merged again", buddy);
+
+    heading("4. an offset-only region: 64 GiB of device memory, no host bytes");
+    kmem::BuddyAllocator<10, 4096, kmem::OffsetRegion> vram(kmem::OffsetRegion(std::uint64_t{64} << 30));
+    auto a = vram.alloc_offset(kmem::gfp::kernel, 10);
+    auto b = vram.alloc_offset(kmem::gfp::kernel, 0, {.top_down = true});
+    std::cout << "  order-10 block at offset " << *a << ", top-down page at offset " << *b << "\n"
+              << "  metadata: " << vram.page_table().metadata_bytes() / (1 << 20) << " MiB of descriptors, "
+              << "reserved lazily, outside the managed range\n";
+    vram.free_offset(*a, 10);
+    vram.free_offset(*b, 0);
+
+    heading("5. mistakes are caught and change nothing");
+    buddy.error_policy().set_callback([](const kmem::UsageError& e) {
+        std::cout << "  caught " << kmem::to_string(e.kind) << ": " << e.message << "\n";
+    });
+    kmem::Page* p = buddy.alloc_pages(kmem::gfp::kernel, 1);
+    buddy.free_pages(p, 0);     // wrong order
+    buddy.free_pages(p, 1);     // correct
+    buddy.free_pages(p, 1);     // double free
+    std::cout << "  invariants after the mistakes: " << (buddy.check_invariants().empty() ? "hold" : "BROKEN")
+              << "\n";
+
+    heading("6. exhaustion: null and a kernel-like report (unless gfp::nowarn)");
+    kmem::BuddyAllocator<2, 4096, kmem::MmapRegion> tiny(kmem::MmapRegion(4 * 4096, {.alignment = 4 * 4096}));
+    tiny.set_name("tour");
+    tiny.set_warning_stream(&std::cout);
+    kmem::Page* all = tiny.alloc_pages(kmem::gfp::kernel, 2);
+    kmem::Page* none = tiny.alloc_pages(kmem::gfp::kernel, 0);
+    std::cout << "  second request returned " << (none == nullptr ? "nullptr" : "a page") << "\n";
+    tiny.free_pages(all, 2);
+
+    heading("7. std::pmr on top of the buddy allocator");
+    kmem::MemoryResource resource(buddy);
+    std::pmr::vector<int> numbers(&resource);
+    for (int i = 0; i < 50'000; ++i) numbers.push_back(i);
+    std::cout << "  a pmr::vector of 50000 ints lives in " << buddy.total_pages() - buddy.nr_free_pages()
+              << " buddy pages\n";
+
+    heading("8. GFP rules are checked by the compiler");
+    constexpr auto bad = kmem::gfp::dma | kmem::gfp::highmem;
+    std::cout << "  buddy.alloc_pages(gfp::dma | gfp::highmem, 0) does not compile; the compiler says:\n    \""
+              << kmem::gfp::describe(kmem::gfp::validate(bad.value)) << "\"\n";
+    std::cout << "  buddy.alloc_pages(gfp::dma, 0) does not compile either: this allocator has no ZONE_DMA.\n"
+              << "  buddy.alloc_pages(kmem::atomic_context, gfp::kernel, 0) is rejected: GFP_KERNEL may sleep.\n";
+    kmem::gfp_t runtime = kmem::gfp_t(kmem::gfp::kernel) | kmem::gfp::nofail | kmem::gfp::noretry;
+    std::cout << "  flags built at run time are checked by the same rules: " << runtime.to_string() << " -> \""
+              << kmem::gfp::describe(runtime.validate()) << "\"\n";
+    return buddy.check_invariants().empty() ? 0 : 1;
+}
