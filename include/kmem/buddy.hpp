@@ -14,7 +14,7 @@
 /// @code
 ///   kmem::BuddyAllocator<10, 4096, kmem::MmapRegion> buddy(kmem::MmapRegion(64 << 20));
 ///   kmem::Page* page = buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::zero, 2);  // 4 zeroed pages
-///   void* addr = buddy.page_address(page);
+///   static_cast<char*>(buddy.page_address(page))[0] = 'k';   // page_address
 ///   buddy.free_pages(page, 2);
 ///   void* one = buddy.get_free_pages(kmem::gfp::kernel, 0);                       // __get_free_pages
 ///   buddy.free_pages(one, 0);
@@ -207,7 +207,8 @@ public:
                                                                  std::to_string(pfn_of(i)) + "; free it whole");
             return;
         }
-        for (std::uint64_t k = 0; k < (std::uint64_t{1} << order); ++k) mark_allocated(i + k, 0);
+        table_[i].order_ = 0; // the first page keeps its references (get_page holders), as in the kernel
+        for (std::uint64_t k = 1; k < (std::uint64_t{1} << order); ++k) mark_allocated(i + k, 0);
     }
 
     /// The first page of a compound page, or `page` itself (compound_head).
@@ -435,8 +436,8 @@ private:
         if (problem != gfp::Problem::none) {
             why = std::string(gfp::describe(problem));
         } else if (!policy::zone_serves(zone, flags.zone())) {
-            why = "the flags ask for ZONE_" + std::string(zone_name(flags.zone())) + " but this allocator manages ZONE_" +
-                  std::string(zone_name(zone)) + ".";
+            why = "the flags ask for " + kernel_zone_name(flags.zone()) + " but this allocator manages " +
+                  kernel_zone_name(zone) + ".";
         } else if (!may_sleep && flags.may_sleep()) {
             why = "these GFP flags may sleep but this allocator's lock policy is a non-sleeping spin lock.";
         } else if (!addressable && flags.has(gfp::zero)) {
@@ -446,6 +447,12 @@ private:
         }
         report(ErrorKind::invalid_gfp, op, "mode:" + flags.to_string() + ": " + why);
         return false;
+    }
+
+    static std::string kernel_zone_name(ZoneType z) { // "ZONE_NORMAL", as the kernel's enum spells it
+        std::string n = "ZONE_";
+        for (char c : zone_name(z)) n += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+        return n;
     }
 
     // ----- region geometry --------------------------------------------------------------------------------
@@ -516,12 +523,14 @@ private:
     }
     void unlink(index_t i, unsigned order) noexcept {
         Page& p = table_[i];
-        if (p.hi_ != Page::nil)
-            table_[p.hi_].lo_ = p.lo_;
-        else
-            free_head_[order] = p.lo_;
-        if (p.lo_ != Page::nil) table_[p.lo_].hi_ = p.hi_;
-        if (free_head_[order] == Page::nil) free_mask_ &= ~(1u << order);
+        const std::uint32_t next = p.lo_, prev = p.hi_;
+        if (prev != Page::nil) {
+            table_[prev].lo_ = next;
+        } else {
+            free_head_[order] = next;
+            if (next == Page::nil) free_mask_ &= ~(1u << order);
+        }
+        if (next != Page::nil) table_[next].hi_ = prev;
         p.flags_ = 0;
         --nr_free_[order];
     }
@@ -538,16 +547,17 @@ private:
 
     Page* alloc_checked(std::uint32_t bits, unsigned order, const Placement& where) {
         const bool placed = where.top_down || where.start != 0 || where.end != Placement{}.end;
-        if (order > MaxOrder) {
-            report(ErrorKind::order_too_large, "alloc_pages",
-                   "order " + std::to_string(order) + " is above MaxOrder " + std::to_string(MaxOrder));
-            policy::LockGuard<lock_type> guard(lock_);
-            ++failures_;
-            return nullptr;
-        }
-        if ((bits & gfp::bits::nofail) && order > 1) {
-            report(ErrorKind::invalid_gfp, "alloc_pages",
-                   "gfp::nofail is only supported up to order 1; order " + std::to_string(order) + " was asked");
+        if (order > MaxOrder || ((bits & gfp::bits::nofail) && order > 1)) [[unlikely]] {
+            {
+                policy::LockGuard<lock_type> guard(lock_);
+                ++failures_;
+            }
+            if (order > MaxOrder)
+                report(ErrorKind::order_too_large, "alloc_pages",
+                       "order " + std::to_string(order) + " is above MaxOrder " + std::to_string(MaxOrder));
+            else
+                report(ErrorKind::invalid_gfp, "alloc_pages",
+                       "gfp::nofail is only supported up to order 1; order " + std::to_string(order) + " was asked");
             return nullptr;
         }
         index_t i;
@@ -579,12 +589,21 @@ private:
     index_t take(unsigned order) noexcept {
         const std::uint32_t avail = free_mask_ & ~((1u << order) - 1u);
         if (avail == 0) return Page::nil;
-        unsigned cur = static_cast<unsigned>(std::countr_zero(avail));
+        const unsigned cur = static_cast<unsigned>(std::countr_zero(avail));
         const index_t i = pop(cur);
-        while (cur > order) { // expand(): keep the lower half, free the upper one
-            --cur;
-            push(i + (index_t{1} << cur), cur);
+        // expand(): keep the lower half, free the upper one, down to the requested order.  The lists of orders
+        // order..cur-1 are empty (cur is the lowest non-empty order), so each half becomes a one-entry list.
+        for (unsigned k = order; k < cur; ++k) {
+            const index_t upper = i + (index_t{1} << k);
+            Page& p = table_[upper];
+            p.flags_ = static_cast<std::uint16_t>(PageFlag::buddy);
+            p.order_ = static_cast<std::uint8_t>(k);
+            p.lo_ = Page::nil;
+            p.hi_ = Page::nil;
+            free_head_[k] = static_cast<std::uint32_t>(upper);
+            nr_free_[k] = 1;
         }
+        free_mask_ |= ((1u << cur) - 1u) & ~((1u << order) - 1u);
         return i;
     }
 
@@ -661,7 +680,7 @@ private:
     }
     index_t index_of_address(const void* addr, std::string_view op) {
         const auto a = reinterpret_cast<std::uintptr_t>(addr);
-        return index_of_byte(a, op, "address 0x" + hex(a));
+        return index_of_byte(a, op, [a] { return "address 0x" + hex(a); });
     }
     index_t index_of_offset(std::uint64_t offset, std::string_view op) {
         if (offset >= region_.size()) {
@@ -670,16 +689,18 @@ private:
                        " bytes");
             return Page::nil;
         }
-        return index_of_byte(region_.base() + offset, op, "offset " + std::to_string(offset));
+        return index_of_byte(region_.base() + offset, op, [offset] { return "offset " + std::to_string(offset); });
     }
-    index_t index_of_byte(std::uint64_t a, std::string_view op, const std::string& what) {
+    // `what` builds the description of the argument, only when there is an error to report.
+    template <class Describe>
+    index_t index_of_byte(std::uint64_t a, std::string_view op, Describe what) {
         if ((a & (PageSize - 1)) != 0) {
-            report(ErrorKind::misaligned, op, what + " is not aligned to the page size " + std::to_string(PageSize));
+            report(ErrorKind::misaligned, op, what() + " is not aligned to the page size " + std::to_string(PageSize));
             return Page::nil;
         }
         const std::uint64_t pfn = a >> page_shift;
         if (!table_.contains_pfn(pfn)) {
-            report(ErrorKind::out_of_region, op, what + " is outside the region managed by this allocator");
+            report(ErrorKind::out_of_region, op, what() + " is outside the region managed by this allocator");
             return Page::nil;
         }
         return pfn - table_.first_pfn();
@@ -688,6 +709,8 @@ private:
     // Checks that index i heads an allocated block of `order`; reports and returns false otherwise.
     bool validate_allocated(index_t i, unsigned order, std::string_view op) {
         const Page& p = table_[i];
+        if (p.test(PageFlag::block) && p.order_ == order && order <= MaxOrder && p.refcount() > 0) [[likely]]
+            return true;
         const std::string at = "pfn " + std::to_string(pfn_of(i));
         if (order > MaxOrder) {
             report(ErrorKind::order_too_large, op,

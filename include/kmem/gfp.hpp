@@ -7,7 +7,6 @@
 /// applies the same rules at run time.
 ///
 /// @code
-///   #include <kmem/gfp.hpp>
 ///   constexpr auto flags = kmem::gfp::kernel | kmem::gfp::zero;   // type gfp::Flags<0xdc0>
 ///   static_assert(flags.value == (kmem::gfp::kernel.value | kmem::gfp::zero.value));
 ///   static_assert(kmem::gfp::may_sleep(flags));

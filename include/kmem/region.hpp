@@ -125,7 +125,9 @@ private:
 };
 
 /// Maps `bytes` of anonymous memory aligned to `align` (a power of two, at least the system page size).
-inline Mapping map_anonymous(std::size_t bytes, std::size_t align, int extra_flags) {
+/// `advice` (an madvise value, or 0 for none) is given before MAP_POPULATE faults the pages in, so that
+/// MADV_HUGEPAGE can back the populated range with huge pages.
+inline Mapping map_anonymous(std::size_t bytes, std::size_t align, int extra_flags, int advice = 0) {
     const std::size_t len = bytes + (align > 4096 ? align : 0);
     void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) throw_errno("kmem: mmap of an anonymous region failed");
@@ -134,12 +136,16 @@ inline Mapping map_anonymous(std::size_t bytes, std::size_t align, int extra_fla
     if (start != addr) ::munmap(p, start - addr);
     const std::uintptr_t end = start + bytes;
     if (addr + len > end) ::munmap(reinterpret_cast<void*>(end), addr + len - end);
+    Mapping map(reinterpret_cast<void*>(start), bytes); // owns the range from here on, also if we throw
+    if (advice != 0 && ::madvise(reinterpret_cast<void*>(start), bytes, advice) != 0 &&
+        errno != EINVAL) // EINVAL: e.g. the kernel was built without THP; the advice is only advice.
+        throw_errno("kmem: madvise for transparent huge pages failed");
     if ((extra_flags & MAP_POPULATE) != 0) {
         // MAP_POPULATE on the trimmed range: fault every page in now.
         if (::madvise(reinterpret_cast<void*>(start), bytes, MADV_WILLNEED) != 0) throw_errno("kmem: madvise");
         for (std::uintptr_t q = start; q < end; q += 4096) *reinterpret_cast<volatile char*>(q) = 0;
     }
-    return Mapping(reinterpret_cast<void*>(start), bytes);
+    return map;
 }
 } // namespace detail
 
@@ -169,11 +175,11 @@ public:
             throw std::invalid_argument("kmem: MmapRegion alignment must be a power of two");
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
         bytes = (bytes + page - 1) & ~(page - 1);
-        map_ = detail::map_anonymous(bytes, opts.alignment, opts.populate ? MAP_POPULATE : 0);
-        if (opts.thp != ThpAdvice::none &&
-            ::madvise(map_.data(), bytes, opts.thp == ThpAdvice::huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0 &&
-            errno != EINVAL) // EINVAL: the kernel was built without THP; the advice is only advice.
-            detail::throw_errno("kmem: madvise for transparent huge pages failed");
+        // The THP advice goes in before the pages are populated, or populate would fault in small pages.
+        const int advice = opts.thp == ThpAdvice::huge     ? MADV_HUGEPAGE
+                           : opts.thp == ThpAdvice::nohuge ? MADV_NOHUGEPAGE
+                                                           : 0;
+        map_ = detail::map_anonymous(bytes, opts.alignment, opts.populate ? MAP_POPULATE : 0, advice);
     }
     /// The first byte.
     std::byte* data() const noexcept { return map_.data(); }

@@ -8,4 +8,6 @@ using Buddy = kmem::BuddyAllocator<10, 4096, kmem::policy::SpinLock>;
 using Buddy = kmem::BuddyAllocator<10, 4096, kmem::OffsetRegion, kmem::policy::SpinLock>;
 #endif
 
-std::uint64_t f(const Buddy& buddy) { return buddy.total_pages(); }
+std::uint64_t f(const Buddy& buddy) {
+    return buddy.total_pages();
+}

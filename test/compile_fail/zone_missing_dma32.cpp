@@ -8,4 +8,6 @@ using Buddy = kmem::BuddyAllocator<10, 4096, kmem::OffsetRegion>;
 using Buddy = kmem::BuddyAllocator<10, 4096, kmem::OffsetRegion, kmem::policy::InZone<kmem::ZoneType::dma32>>;
 #endif
 
-kmem::Page* f(Buddy& buddy) { return buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::dma32, 0); }
+kmem::Page* f(Buddy& buddy) {
+    return buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::dma32, 0);
+}

@@ -75,6 +75,15 @@ private:
     UsageError error_;
 };
 
+namespace detail {
+// Prints "kmem: <operation>: <kind>: <message>" to stderr: the report of AssertOnError and CallbackOnError.
+inline void print_usage_error(const UsageError& e) noexcept {
+    const std::string_view kind = to_string(e.kind);
+    std::fprintf(stderr, "kmem: %.*s: %.*s: %s\n", static_cast<int>(e.operation.size()), e.operation.data(),
+                 static_cast<int>(kind.size()), kind.data(), e.message.c_str());
+}
+} // namespace detail
+
 namespace policy {
 
 /// Satisfied by error policies: on_error(const UsageError&) is called for every detected mistake.
@@ -83,10 +92,10 @@ concept ErrorPolicy = requires(P& p, const UsageError& e) { p.on_error(e); };
 
 /// Prints the error to stderr and aborts, like the kernel's BUG(); the default policy.
 struct AssertOnError {
-    /// Prints "kmem: <operation>: <message>" and calls std::abort().
+    /// Prints "kmem: <operation>: <kind>: <message>" (the kind as to_string(ErrorKind) names it, e.g.
+    /// "double free") and calls std::abort().
     [[noreturn]] void on_error(const UsageError& e) const noexcept {
-        std::fprintf(stderr, "kmem: %.*s: %s\n", static_cast<int>(e.operation.size()), e.operation.data(),
-                     e.message.c_str());
+        detail::print_usage_error(e);
         std::abort();
     }
 };
@@ -104,14 +113,13 @@ public:
     using Callback = std::function<void(const UsageError&)>;
     /// Replaces the callback; an empty callback restores the default (print to stderr).
     void set_callback(Callback cb) { cb_ = std::move(cb); }
-    /// Calls the callback, or prints when none is set.
+    /// Calls the callback, or prints "kmem: <operation>: <kind>: <message>" to stderr when none is set.
     void on_error(const UsageError& e) const {
         if (cb_) {
             cb_(e);
             return;
         }
-        std::fprintf(stderr, "kmem: %.*s: %s\n", static_cast<int>(e.operation.size()), e.operation.data(),
-                     e.message.c_str());
+        detail::print_usage_error(e);
     }
 
 private:

@@ -5,7 +5,10 @@
 /// `InZone<ZoneType::dma>` does not compile.
 ///
 /// @code
-///   using DmaBuddy = kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::InZone<kmem::ZoneType::dma>>;
+///   kmem::BuddyAllocator<10, 4096, kmem::OffsetRegion, kmem::policy::InZone<kmem::ZoneType::dma>> dma_zone(
+///       kmem::OffsetRegion(16 << 20));
+///   kmem::Page* page = dma_zone.alloc_pages(kmem::gfp::dma, 0);   // fine: this allocator is ZONE_DMA
+///   dma_zone.free_pages(page, 0);
 /// @endcode
 #pragma once
 
