@@ -106,6 +106,11 @@ public:
             else if (r < 96) free_recently_freed_again();
             else inject_mistake();
             if ((step_ + 1) % check_every == 0) full_check();
+            if ((step_ + 1) % 100'000 == 0) { // drain now and then: every block must merge back mid-run too
+                while (!live_.empty()) release(live_.size() - 1, true);
+                if (a_.buddyinfo() != initial) fail("after draining, buddyinfo is " + a_.buddyinfo());
+                full_check();
+            }
         }
         full_check();
         // Free everything: the allocator must come back to where it started.

@@ -717,6 +717,19 @@ BOOST_AUTO_TEST_CASE(free_pages_drops_one_reference) {
     before.expect_unchanged(a);
 }
 
+BOOST_AUTO_TEST_CASE(get_page_on_a_free_page_is_reported) {
+    OffBuddy a(arena_bytes);
+    Page* p = a.alloc_pages(gfp::kernel, 1);
+    BOOST_REQUIRE(p != nullptr);
+    a.free_pages(p, 1);
+    const std::string info = a.buddyinfo();
+    expect_error(ErrorKind::bad_refcount, [&] { a.get_page(p); });
+    expect_error(ErrorKind::bad_refcount, [&] { a.get_page(p + 1); });
+    BOOST_TEST(p->refcount() == 0);
+    BOOST_TEST(a.buddyinfo() == info);
+    BOOST_TEST(a.check_invariants() == "");
+}
+
 BOOST_AUTO_TEST_CASE(bad_refcount_is_detected) {
     OffBuddy a(arena_bytes);
     Page* p = a.alloc_pages(gfp::kernel, 0);

@@ -59,6 +59,8 @@ struct Placement {
     std::uint64_t start = 0;                   ///< First byte offset the block may cover.
     std::uint64_t end = ~std::uint64_t{0};     ///< One past the last byte offset the block may cover.
     bool top_down = false;                     ///< Take the highest fitting block instead of the lowest.
+    // A Placement that restricts nothing and is bottom-up takes the plain O(1) path (any fitting block, from the
+    // smallest non-empty order); a restricted window or top_down scans for the lowest / highest fitting block.
 };
 
 /// A snapshot of a buddy allocator's counters (/proc/vmstat and /proc/buddyinfo figures).
@@ -183,8 +185,19 @@ public:
         policy::LockGuard<lock_type> guard(lock_);
         free_checked(page, order, "free_pages");
     }
-    /// Takes one more reference on an allocated page (get_page).
-    void get_page(Page* page) noexcept { kmem::get_page(*page); }
+    /// Takes one more reference on an allocated block (get_page); a tail page's reference goes to its head.
+    /// A page that is not allocated is reported (ErrorKind::bad_refcount) and left alone.
+    void get_page(Page* page) {
+        policy::LockGuard<lock_type> guard(lock_);
+        std::uint64_t i = index_of(page, "get_page");
+        if (i == Page::nil) return;
+        if (page->test(PageFlag::tail)) i = page->lo_;
+        if (!table_[i].test(PageFlag::block)) {
+            report(ErrorKind::bad_refcount, "get_page", "pfn " + std::to_string(pfn_of(i)) + " is not allocated");
+            return;
+        }
+        kmem::get_page(table_[i]);
+    }
     /// Drops one reference on a block's first page and frees the block when it was the last (put_page).
     void put_page(Page* page) {
         policy::LockGuard<lock_type> guard(lock_);
@@ -366,11 +379,17 @@ public:
     // ----- state and reports -------------------------------------------------------------------------------
 
     /// Free pages in all (nr_free_pages).
-    std::uint64_t nr_free_pages() const noexcept { return free_pages_; }
+    std::uint64_t nr_free_pages() const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return free_pages_;
+    }
     /// Pages this allocator manages (zone managed_pages).
     std::uint64_t total_pages() const noexcept { return table_.size(); }
     /// Free blocks of `order` (free_area[order].nr_free).
-    std::uint64_t nr_free(unsigned order) const noexcept { return order <= MaxOrder ? nr_free_[order] : 0; }
+    std::uint64_t nr_free(unsigned order) const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return order <= MaxOrder ? nr_free_[order] : 0;
+    }
     /// A snapshot of every counter.
     BuddyStats<MaxOrder> stats() const {
         policy::LockGuard<lock_type> guard(lock_);
@@ -384,8 +403,9 @@ public:
         return s;
     }
     /// The largest order with a free block, or -1 when nothing is free.
-    int largest_free_order() const noexcept {
-        return free_mask_ == 0 ? -1 : static_cast<int>(std::bit_width(free_mask_) - 1);
+    int largest_free_order() const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return largest_free_order_locked();
     }
     /// This allocator's line in /proc/buddyinfo: `Node 0, zone   Normal` then one count per order.
     std::string buddyinfo() const {
@@ -449,6 +469,9 @@ private:
         return false;
     }
 
+    int largest_free_order_locked() const noexcept {
+        return free_mask_ == 0 ? -1 : static_cast<int>(std::bit_width(free_mask_) - 1);
+    }
     static std::string kernel_zone_name(ZoneType z) { // "ZONE_NORMAL", as the kernel's enum spells it
         std::string n = "ZONE_";
         for (char c : zone_name(z)) n += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
@@ -866,7 +889,7 @@ private:
         *warn_ << name_ << ": page allocation failure: order:" << order << ", mode:" << buf << '('
                << gfp::to_string(bits) << "), nodemask=(null)\n"
                << buddyinfo_locked() << name_ << ": free pages: " << free_pages_ << " of " << table_.size()
-               << ", largest free order: " << largest_free_order() << '\n';
+               << ", largest free order: " << largest_free_order_locked() << '\n';
     }
     void note_oversized(std::uint32_t bits, std::uint64_t bytes) {
         policy::LockGuard<lock_type> guard(lock_);
