@@ -9,6 +9,7 @@
 /// @code
 ///   kmem::MmapRegion heap(64 << 20, {.populate = false, .thp = kmem::ThpAdvice::huge});
 ///   kmem::OffsetRegion vram(std::uint64_t{16} << 30);       // 16 GiB of device memory, no host bytes
+///   assert(vram.size() == std::uint64_t{16} << 30 && heap.data() != nullptr);
 ///   static_assert(kmem::Region<kmem::MmapRegion> && kmem::MmapRegion::addressable);
 ///   static_assert(kmem::Region<kmem::OffsetRegion> && !kmem::OffsetRegion::addressable);
 /// @endcode
