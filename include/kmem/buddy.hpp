@@ -189,9 +189,8 @@ public:
     /// A page that is not allocated is reported (ErrorKind::bad_refcount) and left alone.
     void get_page(Page* page) {
         policy::LockGuard<lock_type> guard(lock_);
-        std::uint64_t i = index_of(page, "get_page");
+        const index_t i = head_index_of(page, "get_page");
         if (i == Page::nil) return;
-        if (page->test(PageFlag::tail)) i = page->lo_;
         if (!table_[i].test(PageFlag::block)) {
             report(ErrorKind::bad_refcount, "get_page", "pfn " + std::to_string(pfn_of(i)) + " is not allocated");
             return;
@@ -201,9 +200,8 @@ public:
     /// Drops one reference on a block's first page and frees the block when it was the last (put_page).
     void put_page(Page* page) {
         policy::LockGuard<lock_type> guard(lock_);
-        std::uint64_t i = index_of(page, "put_page");
+        const index_t i = head_index_of(page, "put_page");
         if (i == Page::nil) return;
-        if (page->test(PageFlag::tail)) i = page->lo_; // put_page() on a tail drops the head's reference
         Page& p = table_[i];
         if (!validate_allocated(i, p.order_, "put_page")) return;
         free_block(i, p.order_);
@@ -700,6 +698,11 @@ private:
             return Page::nil;
         }
         return table_.page_to_pfn(page) - table_.first_pfn();
+    }
+    // The index of a page's compound head (the page itself when it is not a tail): references live on heads.
+    index_t head_index_of(const Page* page, std::string_view op) {
+        const index_t i = index_of(page, op);
+        return i != Page::nil && page->test(PageFlag::tail) ? index_t{page->lo_} : i;
     }
     index_t index_of_address(const void* addr, std::string_view op) {
         const auto a = reinterpret_cast<std::uintptr_t>(addr);

@@ -67,8 +67,6 @@ public:
     }
 
 private:
-    template <std::size_t>
-    friend class PageTable;
     template <unsigned, std::size_t, class...>
     friend class BuddyAllocator;
     friend void set_page_refcounted(Page&) noexcept;
