@@ -7,6 +7,8 @@
 //   * the same with the SpinLock policy and gfp::atomic (the lock's uncontended cost);
 //   * the address interface (get_free_pages / free_pages(void*)) next to the Page* interface;
 //   * a batch of 64 order-0 allocations then 64 frees (splitting and merging amortised over the batch);
+//   * the same allocator with policy::PerCpuPages (the kernel's per-CPU page lists: orders 0..3 are served
+//     from a per-CPU list refilled and drained in batches, so a pair does not split and merge every time);
 //   * offset-only regions (kmem::OffsetRegion) of 1 GiB and 64 GiB under the same op mix, to show the
 //     allocator does not slow down with the size of what it manages;
 //   * peers: malloc/free, ::operator new/delete, std::pmr::unsynchronized_pool_resource, same byte sizes
@@ -49,6 +51,9 @@ constexpr std::size_t kChurnLive = 128;                         // live blocks i
 using HostBuddy = kmem::BuddyAllocator<kMaxOrder, kPageSize, kmem::MmapRegion>;
 using SpinBuddy = kmem::BuddyAllocator<kMaxOrder, kPageSize, kmem::MmapRegion, kmem::policy::SpinLock>;
 using DeviceBuddy = kmem::BuddyAllocator<kMaxOrder, kPageSize, kmem::OffsetRegion>;
+using PcpBuddy = kmem::BuddyAllocator<kMaxOrder, kPageSize, kmem::MmapRegion, kmem::policy::PerCpuPages<>>;
+using SpinPcpBuddy =
+    kmem::BuddyAllocator<kMaxOrder, kPageSize, kmem::MmapRegion, kmem::policy::SpinLock, kmem::policy::PerCpuPages<>>;
 
 kmem::MmapOptions host_options() {
     kmem::MmapOptions o;
@@ -135,6 +140,16 @@ SpinBuddy& spin_arena() {
     return b;
 }
 
+PcpBuddy& pcp_arena() {
+    static PcpBuddy b(kHostBytes, host_options());
+    return b;
+}
+
+SpinPcpBuddy& spin_pcp_arena() {
+    static SpinPcpBuddy b(kHostBytes, host_options());
+    return b;
+}
+
 template <std::uint64_t Bytes>
 DeviceBuddy& device_arena() {
     static DeviceBuddy b(Bytes);
@@ -171,7 +186,8 @@ void kmem_order0_address(benchmark::State& st, HostBuddy& b) {
     }
 }
 
-void kmem_order0_batch(benchmark::State& st, HostBuddy& b) {
+template <class Buddy>
+void kmem_order0_batch(benchmark::State& st, Buddy& b) {
     kmem::Page* live[kBatch];
     for (auto _ : st) {
         for (auto& p : live) {
@@ -319,6 +335,9 @@ void register_all() {
     add("kmem/order0/fragmented", 1, [](benchmark::State& s) { kmem_order0(s, fragmented_arena(), gfp::kernel); });
     add("kmem/order0/empty/address", 1, [](benchmark::State& s) { kmem_order0_address(s, empty_arena()); });
     add("kmem/order0/empty/spinlock", 1, [](benchmark::State& s) { kmem_order0(s, spin_arena(), gfp::atomic); });
+    add("kmem/order0/empty/pcp", 1, [](benchmark::State& s) { kmem_order0(s, pcp_arena(), gfp::kernel); });
+    add("kmem/order0/empty/pcp/spinlock", 1,
+        [](benchmark::State& s) { kmem_order0(s, spin_pcp_arena(), gfp::atomic); });
     add("malloc/order0", 1, peer_order0<MallocPeer>);
     add("new/order0", 1, peer_order0<NewPeer>);
     add("pmr_pool/order0", 1, peer_order0<PoolPeer>);
@@ -326,11 +345,13 @@ void register_all() {
     add("kmem/random/empty", 1, [](benchmark::State& s) { kmem_random(s, empty_arena(), gfp::kernel); });
     add("kmem/random/fragmented", 1, [](benchmark::State& s) { kmem_random(s, fragmented_arena(), gfp::kernel); });
     add("kmem/random/empty/spinlock", 1, [](benchmark::State& s) { kmem_random(s, spin_arena(), gfp::atomic); });
+    add("kmem/random/empty/pcp", 1, [](benchmark::State& s) { kmem_random(s, pcp_arena(), gfp::kernel); });
     add("malloc/random", 1, peer_random<MallocPeer>);
     add("new/random", 1, peer_random<NewPeer>);
     add("pmr_pool/random", 1, peer_random<PoolPeer>);
     // batches of 64 order-0 allocations, then 64 frees
     add("kmem/order0_batch64/empty", kBatch, [](benchmark::State& s) { kmem_order0_batch(s, empty_arena()); });
+    add("kmem/order0_batch64/empty/pcp", kBatch, [](benchmark::State& s) { kmem_order0_batch(s, pcp_arena()); });
     add("malloc/order0_batch64", kBatch, peer_order0_batch<MallocPeer>);
     add("new/order0_batch64", kBatch, peer_order0_batch<NewPeer>);
     add("pmr_pool/order0_batch64", kBatch, peer_order0_batch<PoolPeer>);
@@ -474,7 +495,9 @@ void print_summary(const MedianReporter& rep) {
                 "(4096 << order)\n");
 
     s.header("-- order-0 pair (4 KiB) --");
-    s.row("kmem, empty arena", "kmem/order0/empty", "order0", 15.0);
+    s.row("kmem + PerCpuPages, empty arena", "kmem/order0/empty/pcp", "order0", 15.0);
+    s.row("kmem + PerCpuPages, SpinLock + gfp::atomic", "kmem/order0/empty/pcp/spinlock", "order0", 15.0);
+    s.row("kmem, empty arena (splits+merges 10 levels)", "kmem/order0/empty", "order0", std::nullopt);
     s.row("kmem, half-fragmented arena", "kmem/order0/fragmented", "order0", 15.0);
     s.row("kmem, empty arena, address API", "kmem/order0/empty/address", "order0", std::nullopt);
     s.row("kmem, empty arena, SpinLock + gfp::atomic", "kmem/order0/empty/spinlock", "order0", std::nullopt);
@@ -486,12 +509,14 @@ void print_summary(const MedianReporter& rep) {
     s.row("kmem, empty arena", "kmem/random/empty", "random", 40.0);
     s.row("kmem, half-fragmented arena", "kmem/random/fragmented", "random", 40.0);
     s.row("kmem, empty arena, SpinLock + gfp::atomic", "kmem/random/empty/spinlock", "random", std::nullopt);
+    s.row("kmem + PerCpuPages, empty arena", "kmem/random/empty/pcp", "random", 40.0);
     s.peer_row("  malloc/free", "malloc/random");
     s.peer_row("  operator new/delete", "new/random");
     s.peer_row("  pmr::unsynchronized_pool_resource", "pmr_pool/random");
 
     s.header("-- order-0, batches of 64 allocations then 64 frees (per pair) --");
     s.row("kmem, empty arena", "kmem/order0_batch64/empty", "order0_batch64", std::nullopt);
+    s.row("kmem + PerCpuPages, empty arena", "kmem/order0_batch64/empty/pcp", "order0_batch64", std::nullopt);
     s.peer_row("  malloc/free", "malloc/order0_batch64");
     s.peer_row("  operator new/delete", "new/order0_batch64");
     s.peer_row("  pmr::unsynchronized_pool_resource", "pmr_pool/order0_batch64");

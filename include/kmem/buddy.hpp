@@ -9,7 +9,8 @@
 /// `BuddyAllocator<MaxOrder, PageSize, Policies...>`: MaxOrder is the largest order (MAX_PAGE_ORDER, inclusive),
 /// PageSize the page size in bytes.  Policies, in any order: one Region type (owned, or borrowed when given as a
 /// reference `R&`), a lock policy (policy::NoLock by default), an error policy (policy::AssertOnError by
-/// default), and a zone (policy::InZone, ZONE_NORMAL by default).
+/// default), a zone (policy::InZone, ZONE_NORMAL by default), and optionally policy::PerCpuPages, which puts
+/// per-CPU page lists in front of the free lists (see policy/pcp.hpp).
 ///
 /// @code
 ///   kmem::BuddyAllocator<10, 4096, kmem::MmapRegion> buddy(kmem::MmapRegion(64 << 20));
@@ -27,6 +28,7 @@
 #include <kmem/page.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
+#include <kmem/policy/pcp.hpp>
 #include <kmem/policy/zone.hpp>
 #include <kmem/region.hpp>
 
@@ -36,11 +38,15 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <type_traits>
+
+#include <sched.h>
+#include <unistd.h>
 
 namespace kmem {
 
@@ -67,7 +73,8 @@ struct Placement {
 template <unsigned MaxOrder>
 struct BuddyStats {
     std::array<std::uint64_t, MaxOrder + 1> nr_free{}; ///< Free blocks per order (free_area[order].nr_free).
-    std::uint64_t free_pages = 0;   ///< Free pages in all (NR_FREE_PAGES).
+    std::uint64_t free_pages = 0;   ///< Free pages on the free lists (NR_FREE_PAGES; per-CPU lists excluded).
+    std::uint64_t pcp_pages = 0;    ///< Pages held on per-CPU page lists (pcp->count summed); 0 without them.
     std::uint64_t total_pages = 0;  ///< Pages managed (managed_pages).
     std::uint64_t allocations = 0;  ///< Successful allocations (pgalloc).
     std::uint64_t frees = 0;        ///< Blocks returned (pgfree).
@@ -86,8 +93,11 @@ struct is_zone_policy : std::false_type {};
 template <ZoneType Z>
 struct is_zone_policy<policy::InZone<Z>> : std::true_type {};
 template <class P>
+struct is_pcp_policy : std::bool_constant<policy::is_per_cpu_pages<P>> {};
+template <class P>
 struct is_known_policy : std::bool_constant<is_region_policy<P>::value || is_lock_policy<P>::value ||
-                                            is_error_policy<P>::value || is_zone_policy<P>::value> {};
+                                            is_error_policy<P>::value || is_zone_policy<P>::value ||
+                                            is_pcp_policy<P>::value> {};
 } // namespace detail
 
 /// The binary buddy allocator over one region (the kernel's zone free_area and __alloc_pages / __free_pages).
@@ -97,13 +107,17 @@ class BuddyAllocator {
                   "BuddyAllocator's PageSize must be a power of two of at least 64 bytes.");
     static_assert(MaxOrder <= 30, "BuddyAllocator's MaxOrder must be at most 30.");
     static_assert((detail::is_known_policy<Policies>::value && ...),
-                  "a BuddyAllocator policy must be a Region, a lock policy, an error policy or policy::InZone.");
+                  "a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone or "
+                  "policy::PerCpuPages.");
     static_assert(detail::count_policy<detail::is_region_policy, Policies...> == 1,
                   "BuddyAllocator needs exactly one Region policy (StaticRegion, SpanRegion, MmapRegion, "
                   "MemfdRegion, OffsetRegion, or a reference to one to borrow it).");
     static_assert(detail::count_policy<detail::is_lock_policy, Policies...> <= 1, "give at most one lock policy.");
     static_assert(detail::count_policy<detail::is_error_policy, Policies...> <= 1, "give at most one error policy.");
     static_assert(detail::count_policy<detail::is_zone_policy, Policies...> <= 1, "give at most one zone policy.");
+    static_assert(detail::count_policy<detail::is_pcp_policy, Policies...> <= 1,
+                  "give at most one policy::PerCpuPages.");
+    using pcp_policy = detail::find_policy_t<detail::is_pcp_policy, policy::PerCpuPages<1, 1, 0>, Policies...>;
 
 public:
     /// The region as given: a region type (owned) or a reference to one (borrowed).
@@ -127,6 +141,10 @@ public:
     static constexpr bool addressable = region_type::addressable;
     /// True when holders of the lock may sleep, so GFP flags with direct reclaim are allowed.
     static constexpr bool may_sleep = lock_type::may_sleep;
+    /// True when the allocator keeps per-CPU page lists (policy::PerCpuPages).
+    static constexpr bool has_pcp = detail::count_policy<detail::is_pcp_policy, Policies...> == 1;
+    /// The largest order served from the per-CPU page lists (PAGE_ALLOC_COSTLY_ORDER); meaningful with has_pcp.
+    static constexpr unsigned pcp_max_order = pcp_policy::max_order < MaxOrder ? pcp_policy::max_order : MaxOrder;
 
     /// Builds the allocator over a region constructed from `args` (or bound to it, for a borrowed region);
     /// every whole, aligned page of the region goes on the free lists as the largest blocks that fit.
@@ -134,6 +152,7 @@ public:
     explicit BuddyAllocator(Args&&... args)
         : region_(std::forward<Args>(args)...), table_(first_pfn(region_), page_count(region_)) {
         populate();
+        if constexpr (has_pcp) setup_pcp();
     }
     BuddyAllocator(const BuddyAllocator&) = delete;            ///< Not copyable.
     BuddyAllocator& operator=(const BuddyAllocator&) = delete; ///< Not copyable.
@@ -182,8 +201,8 @@ public:
     /// returns the block and merges it with free buddies.  A bad page, a wrong order or a double free is reported
     /// through the error policy and changes nothing.
     void free_pages(Page* page, unsigned order) {
-        policy::LockGuard<lock_type> guard(lock_);
-        free_checked(page, order, "free_pages");
+        const index_t i = index_of(page, "free_pages");
+        if (i != Page::nil) release(i, order, "free_pages");
     }
     /// Takes one more reference on an allocated block (get_page); a tail page's reference goes to its head.
     /// A page that is not allocated is reported (ErrorKind::bad_refcount) and left alone.
@@ -199,12 +218,8 @@ public:
     }
     /// Drops one reference on a block's first page and frees the block when it was the last (put_page).
     void put_page(Page* page) {
-        policy::LockGuard<lock_type> guard(lock_);
         const index_t i = head_index_of(page, "put_page");
-        if (i == Page::nil) return;
-        Page& p = table_[i];
-        if (!validate_allocated(i, p.order_, "put_page")) return;
-        free_block(i, p.order_);
+        if (i != Page::nil) release(i, table_[i].order_, "put_page");
     }
 
     /// Splits an allocated non-compound block of 2^order pages into 2^order independent order-0 pages, each
@@ -262,9 +277,8 @@ public:
         requires addressable
     {
         if (addr == nullptr) return;
-        policy::LockGuard<lock_type> guard(lock_);
-        const std::uint64_t i = index_of_address(addr, "free_pages");
-        if (i != Page::nil) free_checked(&table_[i], order, "free_pages");
+        const index_t i = index_of_address(addr, "free_pages");
+        if (i != Page::nil) release(i, order, "free_pages");
     }
     /// Frees one page at `addr` (free_page).
     void free_page(void* addr)
@@ -302,9 +316,8 @@ public:
     }
     /// Frees the block of 2^order pages at byte offset `offset` (free_pages by offset).
     void free_offset(std::uint64_t offset, unsigned order) {
-        policy::LockGuard<lock_type> guard(lock_);
-        const std::uint64_t i = index_of_offset(offset, "free_offset");
-        if (i != Page::nil) free_checked(&table_[i], order, "free_offset");
+        const index_t i = index_of_offset(offset, "free_offset");
+        if (i != Page::nil) release(i, order, "free_offset");
     }
     /// Allocates exactly ceil(bytes / PageSize) pages by offset (alloc_pages_exact for offset-only regions).
     template <std::uint32_t B>
@@ -376,7 +389,8 @@ public:
 
     // ----- state and reports -------------------------------------------------------------------------------
 
-    /// Free pages in all (nr_free_pages).
+    /// Free pages on the free lists (nr_free_pages); pages held on per-CPU lists are not counted, as in the
+    /// kernel (see nr_pcp_pages()).
     std::uint64_t nr_free_pages() const {
         policy::LockGuard<lock_type> guard(lock_);
         return free_pages_;
@@ -390,16 +404,85 @@ public:
     }
     /// A snapshot of every counter.
     BuddyStats<MaxOrder> stats() const {
-        policy::LockGuard<lock_type> guard(lock_);
         BuddyStats<MaxOrder> s;
+        if constexpr (has_pcp) {
+            for (unsigned c = 0; c < pcp_count_; ++c) { // per-CPU event counters (vm_event_states)
+                PcpSet& set = pcp_[c];
+                policy::LockGuard<pcp_lock_type> g(set.lock);
+                s.pcp_pages += set.count;
+                s.allocations += set.allocations;
+                s.frees += set.frees;
+            }
+        }
+        policy::LockGuard<lock_type> guard(lock_);
         s.nr_free = nr_free_;
         s.free_pages = free_pages_;
         s.total_pages = table_.size();
-        s.allocations = allocations_;
-        s.frees = frees_;
+        s.allocations += allocations_;
+        s.frees += frees_;
         s.failures = failures_;
         return s;
     }
+    // ----- per-CPU page lists (with policy::PerCpuPages) ------------------------------------------------------
+
+    /// Pages held on all per-CPU page lists (the pcp->count of every CPU, summed).
+    std::uint64_t nr_pcp_pages() const
+        requires has_pcp
+    {
+        std::uint64_t n = 0;
+        for (unsigned c = 0; c < pcp_count_; ++c) {
+            policy::LockGuard<pcp_lock_type> g(pcp_[c].lock);
+            n += pcp_[c].count;
+        }
+        return n;
+    }
+    /// Pages moved between a per-CPU list and the free lists at a time (pcp->batch).
+    unsigned pcp_batch() const noexcept
+        requires has_pcp
+    {
+        return pcp_batch_;
+    }
+    /// Pages a CPU's lists may hold before `pcp_batch()` of them go back (pcp->high).
+    unsigned pcp_high() const noexcept
+        requires has_pcp
+    {
+        return pcp_high_;
+    }
+    /// The number of per-CPU list sets: one per configured CPU with a lock policy, one without.
+    unsigned pcp_sets() const noexcept
+        requires has_pcp
+    {
+        return pcp_count_;
+    }
+    /// Sets high and batch for every CPU (__zone_set_pageset_high_and_batch, the percpu_pagelist sysctl) and
+    /// drains the lists; throws std::invalid_argument unless 1 <= batch <= high.  Not for concurrent use with
+    /// allocations.
+    void set_pcp_high_and_batch(unsigned high, unsigned batch)
+        requires has_pcp
+    {
+        if (batch == 0 || high < batch)
+            throw std::invalid_argument("kmem: per-CPU lists need 1 <= batch <= high (got batch " +
+                                        std::to_string(batch) + ", high " + std::to_string(high) + ")");
+        drain_all_pages();
+        pcp_high_ = high;
+        pcp_batch_ = batch;
+    }
+    /// Gives every page on the calling CPU's lists back to the free lists, where they merge (drain_local_pages).
+    /// Returns the number of pages given back.
+    std::uint64_t drain_local_pages()
+        requires has_pcp
+    {
+        return drain_set(local_pcp());
+    }
+    /// Gives every page on every CPU's lists back to the free lists (drain_all_pages); returns how many.
+    std::uint64_t drain_all_pages()
+        requires has_pcp
+    {
+        std::uint64_t n = 0;
+        for (unsigned c = 0; c < pcp_count_; ++c) n += drain_set(pcp_[c]);
+        return n;
+    }
+
     /// The largest order with a free block, or -1 when nothing is free.
     int largest_free_order() const {
         policy::LockGuard<lock_type> guard(lock_);
@@ -424,11 +507,22 @@ public:
     void set_warning_stream(std::ostream* out) noexcept { warn_ = out; }
 
     /// Checks every invariant (free lists well formed and counted, blocks aligned and inside the table, no two
-    /// free buddies of equal order, blocks tile the table, free + used == total); returns the first violation,
+    /// free buddies of equal order, per-CPU lists well formed and counted, blocks tile the table,
+    /// free + per-CPU + used == total); returns the first violation,
     /// or an empty string when all hold.  O(pages); for tests and debugging.
     std::string check_invariants() const {
-        policy::LockGuard<lock_type> guard(lock_);
-        return check_locked();
+        if constexpr (has_pcp) { // per-CPU locks before the zone lock, in CPU order, as everywhere else
+            for (unsigned c = 0; c < pcp_count_; ++c) pcp_[c].lock.lock();
+        }
+        std::string problem;
+        {
+            policy::LockGuard<lock_type> guard(lock_);
+            problem = check_locked();
+        }
+        if constexpr (has_pcp) {
+            for (unsigned c = pcp_count_; c-- > 0;) pcp_[c].lock.unlock();
+        }
+        return problem;
     }
 
 private:
@@ -557,9 +651,21 @@ private:
     }
 
     // ----- allocation --------------------------------------------------------------------------------------
+    // Page flags are written with relaxed atomic stores wherever they may change outside the zone lock (the
+    // per-CPU paths and the preparation of a new block), because __free_one_page() under the zone lock reads
+    // the flags of a neighbouring block to see whether it is a free buddy.  Relaxed loads and stores are plain
+    // moves on the machines we target.
+    static void store_flags(Page& p, std::uint16_t f) noexcept {
+        std::atomic_ref<std::uint16_t>(p.flags_).store(f, std::memory_order_relaxed);
+    }
+    static std::uint16_t load_flags(const Page& p) noexcept {
+        return std::atomic_ref<std::uint16_t>(const_cast<std::uint16_t&>(p.flags_)).load(std::memory_order_relaxed);
+    }
+    static constexpr std::uint16_t flag(PageFlag f) noexcept { return static_cast<std::uint16_t>(f); }
+
     void mark_allocated(index_t i, unsigned order) noexcept {
         Page& p = table_[i];
-        p.flags_ = static_cast<std::uint16_t>(PageFlag::block);
+        store_flags(p, flag(PageFlag::block));
         p.order_ = static_cast<std::uint8_t>(order);
         p.lo_ = 0;
         p.hi_ = 0;
@@ -581,26 +687,43 @@ private:
                        "gfp::nofail is only supported up to order 1; order " + std::to_string(order) + " was asked");
             return nullptr;
         }
-        index_t i;
-        {
-            policy::LockGuard<lock_type> guard(lock_);
-            i = placed ? take_placed(order, where) : take(order);
-            if (i == Page::nil) {
-                ++failures_;
-                if (!(bits & gfp::bits::nowarn) || (bits & gfp::bits::nofail)) warn_alloc(bits, order);
-            } else {
-                ++allocations_;
-                free_pages_ -= std::uint64_t{1} << order;
-                prep_new_page(i, order, bits);
+        if constexpr (has_pcp) { // rmqueue_pcplist()
+            if (order <= pcp_max_order && !placed) [[likely]] {
+                const index_t i = pcp_alloc(order);
+                if (i != Page::nil) [[likely]] return finish_alloc(i, order, bits);
             }
         }
-        if (i == Page::nil) {
+        index_t i = zone_alloc(order, where, placed);
+        if constexpr (has_pcp) { // pages parked on per-CPU lists are free too: drain them and try once more
+            if (i == Page::nil && drain_all_pages() != 0) i = zone_alloc(order, where, placed);
+        }
+        if (i == Page::nil) [[unlikely]] {
+            {
+                policy::LockGuard<lock_type> guard(lock_);
+                ++failures_;
+                if (!(bits & gfp::bits::nowarn) || (bits & gfp::bits::nofail)) warn_alloc(bits, order);
+            }
             if (bits & gfp::bits::nofail)
                 report(ErrorKind::nofail_failed, "alloc_pages",
                        "a gfp::nofail request of order " + std::to_string(order) +
                            " found no free block and this layer has nothing to reclaim");
             return nullptr;
         }
+        return finish_alloc(i, order, bits);
+    }
+    // Takes a block from the free lists under the zone lock (__rmqueue()).
+    index_t zone_alloc(unsigned order, const Placement& where, bool placed) {
+        policy::LockGuard<lock_type> guard(lock_);
+        const index_t i = placed ? take_placed(order, where) : take(order);
+        if (i != Page::nil) {
+            ++allocations_;
+            free_pages_ -= std::uint64_t{1} << order;
+        }
+        return i;
+    }
+    // The block is the caller's now: set it up outside any lock (prep_new_page()).
+    Page* finish_alloc(index_t i, unsigned order, std::uint32_t bits) noexcept {
+        prep_new_page(i, order, bits);
         if constexpr (addressable) {
             if (bits & gfp::bits::zero) std::memset(page_address(&table_[i]), 0, PageSize << order);
         }
@@ -682,11 +805,11 @@ private:
     void prep_new_page(index_t i, unsigned order, std::uint32_t bits) noexcept {
         mark_allocated(i, order);
         if ((bits & gfp::bits::comp) && order > 0) { // prep_compound_page()
-            table_[i].set(PageFlag::head);
+            store_flags(table_[i], flag(PageFlag::block) | flag(PageFlag::head));
             for (index_t k = 1; k < (index_t{1} << order); ++k) {
                 Page& t = table_[i + k];
-                t.flags_ = static_cast<std::uint16_t>(PageFlag::tail);
                 t.lo_ = static_cast<std::uint32_t>(i);
+                store_flags(t, flag(PageFlag::tail));
             }
         }
     }
@@ -761,6 +884,11 @@ private:
                                                    std::to_string(p.order_) + ")");
             return false;
         }
+        if (p.test(PageFlag::pcp)) {
+            report(ErrorKind::double_free, op, at + " is already free (an order-" + std::to_string(p.order_) +
+                                                   " block held on a per-CPU page list)");
+            return false;
+        }
         if (p.test(PageFlag::tail)) {
             report(ErrorKind::not_block_start, op,
                    at + " is a tail page of the compound page at pfn " + std::to_string(pfn_of(p.lo_)));
@@ -772,10 +900,11 @@ private:
             if (!table_.contains_pfn(head_pfn)) break;
             const Page& h = table_.pfn_to_page(head_pfn);
             if (h.order_ < k) continue;
-            if (h.test(PageFlag::buddy)) {
+            if (h.test(PageFlag::buddy) || h.test(PageFlag::pcp)) {
                 report(ErrorKind::double_free, op,
                        at + " is already free (inside the free block of order " + std::to_string(h.order_) +
-                           " at pfn " + std::to_string(head_pfn) + ")");
+                           " at pfn " + std::to_string(head_pfn) +
+                           (h.test(PageFlag::pcp) ? ", held on a per-CPU page list)" : ")"));
                 return false;
             }
             if (h.test(PageFlag::block)) {
@@ -789,10 +918,26 @@ private:
         return false;
     }
 
-    void free_checked(Page* page, unsigned order, std::string_view op) {
-        const index_t i = index_of(page, op);
-        if (i == Page::nil || !validate_allocated(i, order, op)) return;
-        free_block(i, order);
+    // Frees the block at index i given with `order` by a caller (free_pages, put_page, free_offset).  With
+    // per-CPU lists, a valid free of a small block goes on the calling CPU's list (free_unref_page()); a busy
+    // list, a larger block or a mistake takes the zone lock, where validate_allocated() reports mistakes.
+    void release(index_t i, unsigned order, std::string_view op) {
+        if constexpr (has_pcp) {
+            if (order <= pcp_max_order) [[likely]] {
+                PcpSet& s = local_pcp();
+                if (s.lock.try_lock()) [[likely]] {
+                    Page& p = table_[i];
+                    if (p.test(PageFlag::block) && p.order_ == order && p.refcount() > 0) [[likely]] {
+                        if (put_page_testzero(p)) pcp_free(s, i, order);
+                        s.lock.unlock();
+                        return;
+                    }
+                    s.lock.unlock();
+                }
+            }
+        }
+        policy::LockGuard<lock_type> guard(lock_);
+        if (validate_allocated(i, order, op)) free_block(i, order);
     }
 
     // Drops the reference taken at allocation; frees the block when it was the last.
@@ -816,7 +961,7 @@ private:
             const index_t b = buddy_pfn - first;
             if (b >= n) break;
             const Page& bp = table_[b];
-            if (!(bp.flags_ & static_cast<std::uint16_t>(PageFlag::buddy)) || bp.order_ != order) break;
+            if (!(load_flags(bp) & flag(PageFlag::buddy)) || bp.order_ != order) break; // page_is_buddy()
             unlink(b, order);
             pfn &= buddy_pfn;
             ++order;
@@ -862,6 +1007,151 @@ private:
         for (index_t k = 0; k < pages; ++k) // check every page first, so a bad call changes nothing
             if (!validate_allocated(i + k, 0, "free_pages_exact")) return;
         for (index_t k = 0; k < pages; ++k) free_block(i + k, 0);
+    }
+
+    // ----- per-CPU page lists (struct per_cpu_pages) ---------------------------------------------------------
+    // One set of lists per CPU (one in all without a lock policy).  A set's lock is taken before the zone lock,
+    // never after; the hot paths only try-lock it and fall back to the free lists when it is busy.
+    using pcp_lock_type =
+        std::conditional_t<std::is_same_v<lock_type, policy::NoLock>, policy::NoLock, policy::SpinLock>;
+    static constexpr bool pcp_per_cpu = !std::is_same_v<lock_type, policy::NoLock>;
+    static constexpr unsigned pcp_lists = pcp_max_order + 1;
+    struct alignas(64) PcpSet {
+        pcp_lock_type lock;
+        std::uint32_t count = 0;          // pages held (pcp->count)
+        unsigned next_spill = 0;          // the list a bulk free starts from (round robin, as free_pcppages_bulk)
+        std::array<std::uint32_t, pcp_lists> head = nils<pcp_lists>(); // hot end: frees push, allocations pop
+        std::array<std::uint32_t, pcp_lists> tail = nils<pcp_lists>(); // cold end: bulk frees take from here
+        std::uint64_t allocations = 0;    // per-CPU pgalloc events
+        std::uint64_t frees = 0;          // per-CPU pgfree events
+    };
+
+    // zone_batchsize(): a quarter of 1/1024 of the pages, capped at 1 MiB, rounded down to 2^n - 1.
+    static unsigned zone_batchsize(std::uint64_t managed) noexcept {
+        std::uint64_t batch = managed >> 10;
+        if (batch > (std::uint64_t{1} << 20) / PageSize) batch = (std::uint64_t{1} << 20) / PageSize;
+        batch /= 4;
+        if (batch < 1) batch = 1;
+        batch = std::bit_floor(batch + batch / 2) - 1;
+        return batch < 1 ? 1u : static_cast<unsigned>(batch);
+    }
+    void setup_pcp() {
+        unsigned cpus = 1;
+        if constexpr (pcp_per_cpu) {
+            const long n = ::sysconf(_SC_NPROCESSORS_CONF);
+            cpus = n > 0 ? static_cast<unsigned>(n) : 1u;
+        }
+        pcp_ = std::make_unique<PcpSet[]>(cpus);
+        pcp_count_ = cpus;
+        pcp_batch_ = pcp_policy::batch != 0 ? pcp_policy::batch : zone_batchsize(table_.size());
+        pcp_high_ = pcp_policy::high != 0 ? pcp_policy::high : 6 * pcp_batch_;
+        if (pcp_high_ < pcp_batch_) pcp_high_ = pcp_batch_;
+    }
+    PcpSet& local_pcp() const noexcept {
+        if constexpr (pcp_per_cpu) {
+            const int cpu = ::sched_getcpu();
+            return pcp_[cpu > 0 ? static_cast<unsigned>(cpu) % pcp_count_ : 0u];
+        } else {
+            return pcp_[0];
+        }
+    }
+    void pcp_link(PcpSet& s, index_t i, unsigned order, bool at_head) noexcept {
+        Page& p = table_[i];
+        const auto idx = static_cast<std::uint32_t>(i);
+        p.order_ = static_cast<std::uint8_t>(order);
+        if (at_head) {
+            const std::uint32_t head = s.head[order];
+            p.lo_ = head;
+            p.hi_ = Page::nil;
+            (head != Page::nil ? table_[head].hi_ : s.tail[order]) = idx;
+            s.head[order] = idx;
+        } else {
+            const std::uint32_t tail = s.tail[order];
+            p.lo_ = Page::nil;
+            p.hi_ = tail;
+            (tail != Page::nil ? table_[tail].lo_ : s.head[order]) = idx;
+            s.tail[order] = idx;
+        }
+        store_flags(p, flag(PageFlag::pcp));
+        s.count += 1u << order;
+    }
+    index_t pcp_pop_head(PcpSet& s, unsigned order) noexcept {
+        const std::uint32_t i = s.head[order];
+        const std::uint32_t next = table_[i].lo_;
+        s.head[order] = next;
+        (next != Page::nil ? table_[next].hi_ : s.tail[order]) = Page::nil;
+        s.count -= 1u << order;
+        return i;
+    }
+    index_t pcp_pop_tail(PcpSet& s, unsigned order) noexcept {
+        const std::uint32_t i = s.tail[order];
+        const std::uint32_t prev = table_[i].hi_;
+        s.tail[order] = prev;
+        (prev != Page::nil ? table_[prev].lo_ : s.head[order]) = Page::nil;
+        s.count -= 1u << order;
+        return i;
+    }
+    // __rmqueue_pcplist(): a block from this CPU's list, refilled with a batch from the free lists when empty.
+    // Returns nil when the list is busy or nothing is free; the caller then tries the free lists.
+    index_t pcp_alloc(unsigned order) {
+        PcpSet& s = local_pcp();
+        if (!s.lock.try_lock()) [[unlikely]]
+            return Page::nil;
+        if (s.head[order] == Page::nil) [[unlikely]]
+            pcp_refill(s, order);
+        index_t i = Page::nil;
+        if (s.head[order] != Page::nil) [[likely]] {
+            i = pcp_pop_head(s, order);
+            ++s.allocations;
+        }
+        s.lock.unlock();
+        return i;
+    }
+    // rmqueue_bulk(): batch >> order blocks (at least 2), in address order, under the zone lock.
+    void pcp_refill(PcpSet& s, unsigned order) {
+        const unsigned want = (pcp_batch_ >> order) > 2u ? pcp_batch_ >> order : 2u;
+        policy::LockGuard<lock_type> guard(lock_);
+        for (unsigned n = 0; n < want; ++n) {
+            const index_t i = take(order);
+            if (i == Page::nil) break;
+            free_pages_ -= std::uint64_t{1} << order;
+            pcp_link(s, i, order, false);
+        }
+    }
+    // free_unref_page_commit(): the freed block goes on the hot end of this CPU's list; at `high` pages, a
+    // batch goes back to the free lists.
+    void pcp_free(PcpSet& s, index_t i, unsigned order) {
+        if (table_[i].test(PageFlag::head))
+            for (index_t k = 1; k < (index_t{1} << order); ++k) store_flags(table_[i + k], 0);
+        pcp_link(s, i, order, true);
+        ++s.frees;
+        if (s.count >= pcp_high_) [[unlikely]] {
+            policy::LockGuard<lock_type> guard(lock_);
+            pcp_spill(s, pcp_batch_);
+        }
+    }
+    // free_pcppages_bulk(): at least `pages` pages (or all there are) from the cold ends, round robin over the
+    // orders, merged into the free lists.  The set's lock and the zone lock are held.
+    void pcp_spill(PcpSet& s, std::uint64_t pages) noexcept {
+        std::uint64_t done = 0;
+        while (done < pages && s.count > 0) {
+            unsigned o = s.next_spill;
+            while (s.tail[o] == Page::nil) o = (o + 1) % pcp_lists; // count > 0: some list is not empty
+            s.next_spill = (o + 1) % pcp_lists;
+            const index_t i = pcp_pop_tail(s, o);
+            table_[i].flags_ = 0;
+            free_pages_ += std::uint64_t{1} << o;
+            merge_and_push(i, o);
+            done += std::uint64_t{1} << o;
+        }
+    }
+    std::uint64_t drain_set(PcpSet& s) {
+        policy::LockGuard<pcp_lock_type> g(s.lock);
+        const std::uint64_t n = s.count;
+        if (n == 0) return 0;
+        policy::LockGuard<lock_type> guard(lock_);
+        pcp_spill(s, n);
+        return n;
     }
 
     // ----- reports -----------------------------------------------------------------------------------------
@@ -935,12 +1225,38 @@ private:
             free_sum += count << k;
         }
         if (free_sum != free_pages_) return "free pages counted " + std::to_string(free_sum) + " but recorded " + std::to_string(free_pages_);
-        std::uint64_t used = 0;
+        std::uint64_t pcp_sum = 0;
+        if constexpr (has_pcp) {
+            for (unsigned c = 0; c < pcp_count_; ++c) {
+                const PcpSet& s = pcp_[c];
+                std::uint64_t pages = 0;
+                for (unsigned k = 0; k < pcp_lists; ++k) {
+                    std::uint64_t count = 0;
+                    std::uint32_t prev = Page::nil;
+                    for (std::uint32_t b = s.head[k]; b != Page::nil; b = table_[b].lo_) {
+                        if (b >= n) return "per-CPU list " + std::to_string(k) + " of cpu " + std::to_string(c) + " links outside the table";
+                        const Page& p = table_[b];
+                        const std::string at = "per-CPU block at pfn " + std::to_string(first + b) + " (cpu " + std::to_string(c) + ")";
+                        if (!p.test(PageFlag::pcp) || p.order_ != k) return at + " is on list " + std::to_string(k) + " without the pcp flag of that order";
+                        if (p.hi_ != prev) return at + " has a broken back link";
+                        if (((first + b) & ((std::uint64_t{1} << k) - 1)) != 0) return at + " is not aligned to its order";
+                        if (p.refcount() != 0) return at + " has a non-zero reference count";
+                        if (++count > n) return "per-CPU list " + std::to_string(k) + " of cpu " + std::to_string(c) + " has a cycle";
+                        prev = b;
+                    }
+                    if (prev != s.tail[k]) return "per-CPU list " + std::to_string(k) + " of cpu " + std::to_string(c) + " has a wrong tail";
+                    pages += count << k;
+                }
+                if (pages != s.count) return "cpu " + std::to_string(c) + " counts " + std::to_string(s.count) + " per-CPU pages but its lists hold " + std::to_string(pages);
+                pcp_sum += pages;
+            }
+        }
+        std::uint64_t used = 0, parked = 0;
         for (index_t i = 0; i < n;) { // blocks tile the table: free + used == total
             const Page& p = table_[i];
             const std::uint64_t len = std::uint64_t{1} << p.order_;
             const std::string at = "pfn " + std::to_string(first + i);
-            if (!p.test(PageFlag::buddy) && !p.test(PageFlag::block)) return at + " starts no block";
+            if (!p.test(PageFlag::buddy) && !p.test(PageFlag::block) && !p.test(PageFlag::pcp)) return at + " starts no block";
             if (i + len > n) return at + " block runs past the table";
             for (index_t k = 1; k < len; ++k) {
                 const Page& t = table_[i + k];
@@ -948,9 +1264,11 @@ private:
                 if (!ok) return "pfn " + std::to_string(first + i + k) + " inside the block at " + at + " has flags " + std::to_string(t.flags_);
             }
             if (p.test(PageFlag::block)) used += len;
+            if (p.test(PageFlag::pcp)) parked += len;
             i += len;
         }
-        if (used + free_pages_ != n) return "free + used != total";
+        if (parked != pcp_sum) return std::to_string(parked) + " pages carry the pcp flag but the per-CPU lists hold " + std::to_string(pcp_sum);
+        if (used + free_pages_ + pcp_sum != n) return "free + per-CPU + used != total";
         return {};
     }
 
@@ -964,16 +1282,22 @@ private:
     std::uint64_t frees_ = 0;
     std::uint64_t failures_ = 0;
     mutable lock_type lock_;
+    std::unique_ptr<PcpSet[]> pcp_;   // per-CPU page lists (with policy::PerCpuPages)
+    unsigned pcp_count_ = 0;
+    unsigned pcp_batch_ = 0;
+    unsigned pcp_high_ = 0;
     [[no_unique_address]] error_policy_type error_;
     std::ostream* warn_ = &std::clog;
     std::string name_ = "kmem";
     int node_ = 0;
 
-    static constexpr std::array<std::uint32_t, MaxOrder + 1> filled_nil() noexcept {
-        std::array<std::uint32_t, MaxOrder + 1> a{};
+    template <std::size_t N>
+    static constexpr std::array<std::uint32_t, N> nils() noexcept {
+        std::array<std::uint32_t, N> a{};
         a.fill(Page::nil);
         return a;
     }
+    static constexpr std::array<std::uint32_t, MaxOrder + 1> filled_nil() noexcept { return nils<MaxOrder + 1>(); }
 };
 
 } // namespace kmem

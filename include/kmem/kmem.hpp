@@ -15,11 +15,12 @@
 #include <kmem/pmr.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
+#include <kmem/policy/pcp.hpp>
 #include <kmem/policy/zone.hpp>
 #include <kmem/region.hpp>
 
 /// The kmem library: the Linux kernel's memory allocators as C++20 templates.
 namespace kmem {
-/// Policies chosen by template parameter: locking, error handling, zone.
+/// Policies chosen by template parameter: locking, error handling, zone, per-CPU page lists.
 namespace policy {}
 } // namespace kmem

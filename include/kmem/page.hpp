@@ -36,6 +36,7 @@ enum class PageFlag : std::uint16_t {
     reserved = 1u << 3, ///< PG_reserved: never handed to the buddy allocator (memblock reservations).
     slab = 1u << 4,     ///< PG_slab: the page belongs to a slab; owner() is the cache.
     block = 1u << 5,    ///< The first page of an allocated block; order() is the order it was allocated with.
+    pcp = 1u << 6,      ///< The first page of a free block held on a per-CPU page list (page->pcp_list); not merged.
 };
 
 /// The descriptor of one page frame (struct page), at most 16 bytes; lives in a PageTable, never in the region.

@@ -35,6 +35,8 @@ struct NoLock {
     void lock() noexcept {}
     /// Does nothing.
     void unlock() noexcept {}
+    /// Always succeeds.
+    bool try_lock() noexcept { return true; }
 };
 
 /// A test-and-test-and-set spin lock (spinlock_t); holders must not sleep, so sleeping GFP flags are rejected.
@@ -55,6 +57,10 @@ public:
     }
     /// Releases the lock (spin_unlock).
     void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+    /// Takes the lock if it is free, without spinning (spin_trylock); true when taken.
+    bool try_lock() noexcept {
+        return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
+    }
 
 private:
     std::atomic<bool> locked_{false};
@@ -69,6 +75,8 @@ public:
     void lock() { m_.lock(); }
     /// Releases the mutex (mutex_unlock).
     void unlock() { m_.unlock(); }
+    /// Takes the mutex if it is free, without blocking (mutex_trylock); true when taken.
+    bool try_lock() { return m_.try_lock(); }
 
 private:
     std::mutex m_;
