@@ -198,8 +198,9 @@ public:
     }
 
     /// Frees a block allocated with alloc_pages (__free_pages): drops one reference and, if it was the last,
-    /// returns the block and merges it with free buddies.  A bad page, a wrong order or a double free is reported
-    /// through the error policy and changes nothing.
+    /// returns the block and merges it with free buddies (with policy::PerCpuPages, a block of order up to
+    /// pcp_max_order goes on the calling CPU's list instead, unmerged: free_unref_page).  A bad page, a wrong
+    /// order or a double free is reported through the error policy and changes nothing.
     void free_pages(Page* page, unsigned order) {
         const index_t i = index_of(page, "free_pages");
         if (i != Page::nil) release(i, order, "free_pages");

@@ -2,7 +2,7 @@
 /// Page frames: the compact descriptor kept for every page an allocator manages (the kernel's struct page),
 /// and the side table that holds them outside the managed range.
 ///
-/// A descriptor is 16 bytes: flags (buddy, head, tail, reserved, slab, block), an order, a reference count with
+/// A descriptor is 16 bytes: flags (buddy, head, tail, reserved, slab, block, pcp), an order, a reference count with
 /// get_page / put_page semantics, and one 64-bit word that is the free-list link while the page is free, the
 /// head's index for a compound tail, and the owner slot (the owning cache, for slab) while it is allocated.
 ///

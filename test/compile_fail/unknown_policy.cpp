@@ -1,4 +1,4 @@
-// expect: a BuddyAllocator policy must be a Region, a lock policy, an error policy or policy::InZone
+// expect: a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone or policy::PerCpuPages
 // Rule: every policy argument must be recognisable.
 #include <kmem/buddy.hpp>
 

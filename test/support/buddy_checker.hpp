@@ -4,9 +4,16 @@
 /// - check_from_outside(a): an independent check that does not trust check_invariants(): it walks every page
 ///   frame through the public pfn_to_page() and the page flags, and verifies that the blocks tile the range,
 ///   that every free block is naturally aligned and inside the range, that no two buddies of the same order are
-///   both free, that the per-order counts equal nr_free(order), and that free + used == total.
+///   both on the free lists, that the per-order counts equal nr_free(order), and that free + used == total.
+///   With per-CPU page lists (an allocator whose `has_pcp` is true), a block whose head carries PageFlag::pcp
+///   is a free block parked on a per-CPU list: it must be naturally aligned, of an order the lists keep, with
+///   reference count 0 and clean inner pages; it is not merged, so it may sit next to a free buddy of its own
+///   order.  Its pages are counted apart (OutsideView::pcp_pages, compared with nr_pcp_pages()), and then
+///   free + per-CPU + used == total.  Without per-CPU lists a PageFlag::pcp head is a violation.
 /// - ShadowModel: the test's own record of the live blocks (first pfn -> page count) in a std::map; inserting
 ///   an overlapping block fails, so a double hand-out is caught the moment it happens.
+/// - check_shadow_allocated(a, shadow): every live block of the shadow is allocated in `a`, neither on a free
+///   list nor on a per-CPU list.
 /// - expect_consistent(a [, shadow]): all of the above as Boost.Test assertions.
 ///
 /// @code
@@ -30,17 +37,27 @@
 
 namespace kmem::test {
 
+/// True for allocator types with per-CPU page lists (BuddyAllocator with policy::PerCpuPages); false for every
+/// other type, including allocators that have no `has_pcp` member at all.
+template <class A>
+constexpr bool has_pcp_lists() noexcept {
+    if constexpr (requires { A::has_pcp; }) return static_cast<bool>(A::has_pcp);
+    else return false;
+}
+
 /// Free blocks per order and the page totals as seen from outside the allocator.
 struct OutsideView {
-    std::vector<std::uint64_t> nr_free; ///< Free blocks per order, counted by walking the page frames.
-    std::uint64_t free_pages = 0;       ///< Pages in free blocks.
+    std::vector<std::uint64_t> nr_free; ///< Free blocks per order (on the free lists), counted by walking the page frames.
+    std::uint64_t free_pages = 0;       ///< Pages in free blocks on the free lists (PG_buddy heads).
+    std::uint64_t pcp_pages = 0;        ///< Pages in free blocks parked on per-CPU page lists (PageFlag::pcp heads).
     std::uint64_t used_pages = 0;       ///< Pages in allocated blocks.
     std::string error;                  ///< The first violation found; empty when none.
 };
 
 /// Walks every block of `a` through pfn_to_page() and the page flags (never through check_invariants())
 /// and returns what it saw; `error` names the first broken invariant.  The flags of pages inside free blocks
-/// are checked too when the allocator has at most `inner_limit` pages (so a 64 GiB table is not faulted in).
+/// (on the free lists or on per-CPU lists) are checked too when the allocator has at most `inner_limit` pages
+/// (so a 64 GiB table is not faulted in).  Not for use while other threads allocate or free.
 template <class A>
 OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint64_t{1} << 20) {
     OutsideView v;
@@ -64,11 +81,34 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
         if (pfn + len > end) fail(at + " heads a block of order " + std::to_string(k) + " that runs past the range");
         if (!v.error.empty()) break;
         const bool is_free = p->test(PageFlag::buddy);
-        if (is_free) {
+        const bool is_pcp = p->test(PageFlag::pcp);
+        if (is_free && is_pcp) fail(at + " is both on a free list (PG_buddy) and on a per-CPU list");
+        if (is_pcp && !is_free) {
+            if constexpr (!has_pcp_lists<A>()) {
+                fail(at + " carries the per-CPU list flag but the allocator has no per-CPU lists");
+            } else {
+                if (p->flags() != static_cast<std::uint16_t>(PageFlag::pcp))
+                    fail(at + ": block on a per-CPU list has other flags too (" + std::to_string(p->flags()) + ")");
+                if (k > A::pcp_max_order)
+                    fail(at + ": block of order " + std::to_string(k) + " on a per-CPU list, above pcp_max_order " +
+                         std::to_string(A::pcp_max_order));
+                if (pfn % len != 0)
+                    fail(at + ": per-CPU block of order " + std::to_string(k) + " is not naturally aligned");
+                if (p->refcount() != 0) fail(at + ": per-CPU block has refcount " + std::to_string(p->refcount()));
+                // Not merged on purpose: its buddy may be free (PG_buddy) or on a per-CPU list too.
+                for (std::uint64_t q = pfn + 1; a.total_pages() <= inner_limit && q < pfn + len; ++q)
+                    if (a.pfn_to_page(q)->flags() != 0) {
+                        fail("pfn " + std::to_string(q) + " inside the per-CPU block at " + at + " has flags " +
+                             std::to_string(a.pfn_to_page(q)->flags()));
+                        break;
+                    }
+            }
+            v.pcp_pages += len;
+        } else if (is_free) {
             if (p->test(PageFlag::block)) fail(at + " is both a free and an allocated block");
             if (pfn % len != 0) fail(at + ": free block of order " + std::to_string(k) + " is not naturally aligned");
             if (p->refcount() != 0) fail(at + ": free block has refcount " + std::to_string(p->refcount()));
-            if (k < A::max_order) { // two buddies never both free: they would have merged
+            if (k < A::max_order) { // two buddies never both on the free lists: they would have merged
                 const std::uint64_t bud = pfn ^ len;
                 const Page* b = a.pfn_to_page(bud);
                 if (b != nullptr && b->test(PageFlag::buddy) && b->order() == k)
@@ -87,7 +127,7 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
             if (p->refcount() <= 0) fail(at + ": allocated block has refcount " + std::to_string(p->refcount()));
             v.used_pages += len;
         } else {
-            fail(at + " is neither a free block (PG_buddy) nor an allocated block");
+            fail(at + " is neither a free block (PG_buddy), a block on a per-CPU list nor an allocated block");
         }
         pfn += len;
     }
@@ -99,7 +139,14 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
         if (v.free_pages != a.nr_free_pages())
             fail("nr_free_pages() is " + std::to_string(a.nr_free_pages()) + " but the free blocks hold " +
                  std::to_string(v.free_pages));
-        if (v.free_pages + v.used_pages != a.total_pages()) fail("free + used != total");
+        if constexpr (has_pcp_lists<A>()) {
+            if (v.pcp_pages != a.nr_pcp_pages())
+                fail("nr_pcp_pages() is " + std::to_string(a.nr_pcp_pages()) + " but the per-CPU blocks hold " +
+                     std::to_string(v.pcp_pages));
+        }
+        if (v.free_pages + v.pcp_pages + v.used_pages != a.total_pages())
+            fail("free " + std::to_string(v.free_pages) + " + per-CPU " + std::to_string(v.pcp_pages) + " + used " +
+                 std::to_string(v.used_pages) + " != total " + std::to_string(a.total_pages()));
     }
     return v;
 }
@@ -178,13 +225,16 @@ private:
 };
 
 /// Checks, from outside, that every live block of `shadow` is really allocated in `a`: no page of it is
-/// inside a free block (the shadow's blocks may be sub-ranges of allocator blocks, e.g. after split_page).
+/// inside a free block, on the free lists or on a per-CPU list (the shadow's blocks may be sub-ranges of
+/// allocator blocks, e.g. after split_page).
 template <class A>
 std::string check_shadow_allocated(const A& a, const ShadowModel& shadow) {
     for (const auto& [pfn, pages] : shadow.blocks()) {
         const Page* head = a.pfn_to_page(pfn);
         if (head == nullptr) return "live block at pfn " + std::to_string(pfn) + " is outside the allocator";
         if (head->test(PageFlag::buddy)) return "live block at pfn " + std::to_string(pfn) + " is on a free list";
+        if (head->test(PageFlag::pcp))
+            return "live block at pfn " + std::to_string(pfn) + " is on a per-CPU page list";
         if (!head->test(PageFlag::block) && !head->test(PageFlag::tail) && !head->test(PageFlag::head)) {
             // An inner page of a bigger allocated block: find the block that covers it.
             bool inside_allocated = false;
@@ -194,6 +244,8 @@ std::string check_shadow_allocated(const A& a, const ShadowModel& shadow) {
                 if (hp == nullptr) break;
                 if (hp->order() >= k && hp->test(PageFlag::buddy))
                     return "live block at pfn " + std::to_string(pfn) + " lies inside a free block";
+                if (hp->order() >= k && hp->test(PageFlag::pcp))
+                    return "live block at pfn " + std::to_string(pfn) + " lies inside a block on a per-CPU page list";
                 if (hp->order() >= k && hp->test(PageFlag::block)) inside_allocated = true;
             }
             if (!inside_allocated) return "live block at pfn " + std::to_string(pfn) + " is not allocated";
@@ -209,14 +261,21 @@ void expect_consistent(const A& a) {
     BOOST_TEST(check_from_outside(a) == "");
 }
 
+/// Pages on the per-CPU lists of `a` (nr_pcp_pages()), or 0 for an allocator without them.
+template <class A>
+std::uint64_t pcp_pages_of(const A& a) {
+    if constexpr (has_pcp_lists<A>()) return a.nr_pcp_pages();
+    else return 0;
+}
+
 /// expect_consistent(a) plus the shadow: no overlap, every live block allocated, and
-/// nr_free_pages() == total_pages() - shadow.used_pages().
+/// nr_free_pages() + nr_pcp_pages() == total_pages() - shadow.used_pages() (no per-CPU term without them).
 template <class A>
 void expect_consistent(const A& a, const ShadowModel& shadow) {
     expect_consistent(a);
     BOOST_TEST(shadow.check_no_overlap() == "");
     BOOST_TEST(check_shadow_allocated(a, shadow) == "");
-    BOOST_TEST(a.nr_free_pages() + shadow.used_pages() == a.total_pages());
+    BOOST_TEST(a.nr_free_pages() + pcp_pages_of(a) + shadow.used_pages() == a.total_pages());
 }
 
 /// Free blocks per order for a fresh allocator over pfns [first, first + count): the largest naturally
@@ -243,20 +302,22 @@ std::vector<std::uint64_t> nr_free_vector(const A& a) {
     return out;
 }
 
-/// A snapshot of everything a failed call must leave unchanged.
+/// A snapshot of everything a failed call must leave unchanged (per-CPU list pages included; 0 without them).
 template <class A>
 struct Snapshot {
     std::string buddyinfo;
     std::uint64_t free_pages;
+    std::uint64_t pcp_pages;
     std::uint64_t frees;
     std::uint64_t allocations;
     explicit Snapshot(const A& a)
-        : buddyinfo(a.buddyinfo()), free_pages(a.nr_free_pages()), frees(a.stats().frees),
-          allocations(a.stats().allocations) {}
+        : buddyinfo(a.buddyinfo()), free_pages(a.nr_free_pages()), pcp_pages(pcp_pages_of(a)),
+          frees(a.stats().frees), allocations(a.stats().allocations) {}
     /// Asserts that `a` still matches the snapshot and is consistent.
     void expect_unchanged(const A& a) const {
         BOOST_TEST(a.buddyinfo() == buddyinfo);
         BOOST_TEST(a.nr_free_pages() == free_pages);
+        BOOST_TEST(pcp_pages_of(a) == pcp_pages);
         BOOST_TEST(a.stats().frees == frees);
         BOOST_TEST(a.stats().allocations == allocations);
         BOOST_TEST(a.check_invariants() == "");
