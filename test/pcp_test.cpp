@@ -3,6 +3,7 @@
 // drains, drain-and-retry on exhaustion, mistakes on blocks parked on a list, stats, a multi-threaded stress
 // with lock policies, and a model-based randomized run (seed printed; KMEM_SEED=<n> repeats a run).
 #include <kmem/buddy.hpp>
+#include <kmem/detail/cpu.hpp>
 #include <kmem/page.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
@@ -14,6 +15,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -212,6 +214,47 @@ BOOST_AUTO_TEST_CASE(one_set_without_a_lock_one_per_cpu_with_one) {
     BOOST_TEST(spin.drain_all_pages() == std::uint64_t{test_batch});
     BOOST_TEST(spin.nr_free_pages() == arena_pages);
     BOOST_TEST(spin.buddyinfo() == line({0, 0, 0, 0, 4}));
+}
+
+// Pins the calling thread to one CPU; false when the system refuses.
+static bool pin_to(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return ::sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+BOOST_AUTO_TEST_CASE(the_set_used_is_the_calling_cpus) {
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    BOOST_REQUIRE(::sched_getaffinity(0, sizeof allowed, &allowed) == 0);
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE && cpus.size() < 4; ++c)
+        if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+    BOOST_REQUIRE(!cpus.empty());
+    // The cheap CPU number (rseq where the C library has it) agrees with sched_getcpu() on every CPU.
+    for (const int c : cpus) {
+        BOOST_REQUIRE(pin_to(c));
+        BOOST_TEST(kmem::detail::current_cpu() == c);
+        BOOST_TEST(::sched_getcpu() == c);
+    }
+    if (cpus.size() >= 2) {
+        // A page freed on one CPU parks on that CPU's set: another CPU's drain_local_pages() leaves it alone.
+        kmem::BuddyAllocator<max_order, ps, kmem::OffsetRegion, kmem::policy::SpinLock, Lists> spin(arena_bytes);
+        BOOST_REQUIRE(pin_to(cpus[0]));
+        Page* p = spin.alloc_pages(gfp::atomic, 0);
+        BOOST_REQUIRE(p != nullptr);
+        spin.free_pages(p, 0);
+        BOOST_TEST(spin.nr_pcp_pages() == std::uint64_t{test_batch});
+        BOOST_REQUIRE(pin_to(cpus[1]));
+        BOOST_TEST(spin.drain_local_pages() == 0u);
+        BOOST_TEST(spin.nr_pcp_pages() == std::uint64_t{test_batch});
+        BOOST_REQUIRE(pin_to(cpus[0]));
+        BOOST_TEST(spin.drain_local_pages() == std::uint64_t{test_batch});
+        BOOST_TEST(spin.nr_pcp_pages() == 0u);
+        BOOST_TEST(spin.check_invariants() == "");
+    }
+    BOOST_REQUIRE(::sched_setaffinity(0, sizeof allowed, &allowed) == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
