@@ -585,7 +585,7 @@ private:
     void populate() {
         const std::uint64_t first = table_.first_pfn();
         const std::uint64_t n = table_.size();
-        std::array<std::uint32_t, MaxOrder + 1> last = filled_nil(); // lists start in address order
+        std::array<std::uint32_t, MaxOrder + 1> last = nils<MaxOrder + 1>(); // lists start in address order
         for (index_t i = 0; i < n;) {
             const std::uint64_t pfn = first + i;
             unsigned order = MaxOrder;
@@ -601,7 +601,7 @@ private:
     void push(index_t i, unsigned order) noexcept {
         Page& p = table_[i];
         const std::uint32_t head = free_head_[order];
-        p.flags_ = static_cast<std::uint16_t>(PageFlag::buddy);
+        p.flags_ = flag(PageFlag::buddy);
         p.order_ = static_cast<std::uint8_t>(order);
         p.lo_ = head;
         p.hi_ = Page::nil;
@@ -612,7 +612,7 @@ private:
     }
     void append(index_t i, unsigned order, std::array<std::uint32_t, MaxOrder + 1>& last) noexcept {
         Page& p = table_[i];
-        p.flags_ = static_cast<std::uint16_t>(PageFlag::buddy);
+        p.flags_ = flag(PageFlag::buddy);
         p.order_ = static_cast<std::uint8_t>(order);
         p.lo_ = Page::nil;
         p.hi_ = last[order];
@@ -741,7 +741,7 @@ private:
         for (unsigned k = order; k < cur; ++k) {
             const index_t upper = i + (index_t{1} << k);
             Page& p = table_[upper];
-            p.flags_ = static_cast<std::uint16_t>(PageFlag::buddy);
+            p.flags_ = flag(PageFlag::buddy);
             p.order_ = static_cast<std::uint8_t>(k);
             p.lo_ = Page::nil;
             p.hi_ = Page::nil;
@@ -1266,7 +1266,7 @@ private:
             if (i + len > n) return at + " block runs past the table";
             for (index_t k = 1; k < len; ++k) {
                 const Page& t = table_[i + k];
-                const bool ok = p.test(PageFlag::head) ? (t.flags_ == static_cast<std::uint16_t>(PageFlag::tail) && t.lo_ == i) : t.flags_ == 0;
+                const bool ok = p.test(PageFlag::head) ? (t.flags_ == flag(PageFlag::tail) && t.lo_ == i) : t.flags_ == 0;
                 if (!ok) return "pfn " + std::to_string(first + i + k) + " inside the block at " + at + " has flags " + std::to_string(t.flags_);
             }
             if (p.test(PageFlag::block)) used += len;
@@ -1280,7 +1280,7 @@ private:
 
     region_param region_;
     PageTable<PageSize> table_;
-    std::array<std::uint32_t, MaxOrder + 1> free_head_ = filled_nil();
+    std::array<std::uint32_t, MaxOrder + 1> free_head_ = nils<MaxOrder + 1>();
     std::array<std::uint64_t, MaxOrder + 1> nr_free_{};
     std::uint32_t free_mask_ = 0;
     std::uint64_t free_pages_ = 0;
@@ -1303,7 +1303,6 @@ private:
         a.fill(Page::nil);
         return a;
     }
-    static constexpr std::array<std::uint32_t, MaxOrder + 1> filled_nil() noexcept { return nils<MaxOrder + 1>(); }
 };
 
 } // namespace kmem
