@@ -378,7 +378,7 @@ private:
         try {
             f();
             fail(std::string(what) + ": no error raised");
-        } catch (const kmem::usage_error& e) {
+        } catch (const kmem::bad_usage& e) {
             if (e.error().kind != kind)
                 fail(std::string(what) + ": expected '" + std::string(kmem::to_string(kind)) + "', got '" +
                      std::string(kmem::to_string(e.error().kind)) + "'");

@@ -45,19 +45,19 @@ using CbBuddy = kmem::BuddyAllocator<max_order, ps, kmem::OffsetRegion, kmem::po
 // An mmap region aligned to the largest block, so its layout (and buddyinfo) is deterministic.
 kmem::MmapOptions aligned() { return kmem::MmapOptions{.alignment = ps << max_order}; }
 
-// Runs `f`, which must throw kmem::usage_error of `kind`.
+// Runs `f`, which must throw kmem::bad_usage of `kind`.
 template <class F>
 void expect_error(ErrorKind kind, F&& f) {
     try {
         f();
-    } catch (const kmem::usage_error& e) {
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST(static_cast<int>(e.error().kind) == static_cast<int>(kind),
                    "expected '" << kmem::to_string(kind) << "' but got '" << kmem::to_string(e.error().kind)
                                 << "': " << e.what());
         BOOST_TEST(!e.error().message.empty());
         return;
     }
-    BOOST_ERROR("expected a usage_error '" << kmem::to_string(kind) << "' but nothing was thrown");
+    BOOST_ERROR("expected a bad_usage '" << kmem::to_string(kind) << "' but nothing was thrown");
 }
 
 std::string line(const std::vector<unsigned>& counts, const char* zone = "Normal", int node = 0) {

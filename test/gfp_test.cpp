@@ -356,7 +356,7 @@ BOOST_AUTO_TEST_CASE(bad_flags_throw_and_change_nothing) {
         bool thrown = false;
         try {
             (void)buddy->alloc_pages(flags, 0);
-        } catch (const kmem::usage_error& e) {
+        } catch (const kmem::bad_usage& e) {
             thrown = true;
             BOOST_TEST((e.error().kind == kmem::ErrorKind::invalid_gfp));
             BOOST_TEST(e.error().operation == "alloc_pages");
@@ -369,7 +369,7 @@ BOOST_AUTO_TEST_CASE(bad_flags_throw_and_change_nothing) {
         BOOST_TEST(buddy->check_invariants() == "");
     }
     // get_free_pages with runtime flags goes through the same checks.
-    BOOST_CHECK_THROW((void)buddy->get_free_pages(gfp_t(gfp::dma | gfp::highmem), 0), kmem::usage_error);
+    BOOST_CHECK_THROW((void)buddy->get_free_pages(gfp_t(gfp::dma | gfp::highmem), 0), kmem::bad_usage);
     // Valid runtime flags work, including zeroing.
     void* p = buddy->get_free_pages(gfp_t(gfp::kernel), 0);
     BOOST_REQUIRE(p != nullptr);
@@ -391,8 +391,8 @@ BOOST_AUTO_TEST_CASE(nofail_above_order_one_is_refused_at_run_time) {
     const auto before = buddy->nr_free_pages();
     try {
         (void)buddy->alloc_pages(gfp_t(gfp::kernel | gfp::nofail), 2);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::invalid_gfp));
         BOOST_TEST(e.error().message.find("order 1") != std::string::npos);
     }
@@ -424,12 +424,12 @@ BOOST_AUTO_TEST_CASE(runtime_zone_must_exist) {
     auto normal = std::make_unique<SmallBuddy<kmem::policy::ThrowOnError>>();
     try {
         (void)normal->alloc_pages(gfp_t(gfp::dma), 0);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::invalid_gfp));
         BOOST_TEST(e.error().message.find("DMA") != std::string::npos);
     }
-    BOOST_CHECK_THROW((void)normal->alloc_pages(gfp_t(gfp::kernel | gfp::dma32), 0), kmem::usage_error);
+    BOOST_CHECK_THROW((void)normal->alloc_pages(gfp_t(gfp::kernel | gfp::dma32), 0), kmem::bad_usage);
     BOOST_TEST(normal->nr_free_pages() == normal->total_pages());
     // A request allowing higher zones is served from a lower one (zonelist fallback).
     kmem::Page* hi = normal->alloc_pages(gfp_t(gfp::highuser_movable), 0);
@@ -449,7 +449,7 @@ BOOST_AUTO_TEST_CASE(runtime_zone_must_exist) {
     // A ZONE_DMA32 allocator refuses gfp::dma.
     auto dma32 = std::make_unique<
         SmallBuddy<kmem::policy::ThrowOnError, kmem::policy::InZone<kmem::ZoneType::dma32>>>();
-    BOOST_CHECK_THROW((void)dma32->alloc_pages(gfp_t(gfp::kernel | gfp::dma), 0), kmem::usage_error);
+    BOOST_CHECK_THROW((void)dma32->alloc_pages(gfp_t(gfp::kernel | gfp::dma), 0), kmem::bad_usage);
     BOOST_TEST(dma32->nr_free_pages() == dma32->total_pages());
 }
 
@@ -457,8 +457,8 @@ BOOST_AUTO_TEST_CASE(runtime_sleeping_flags_on_a_spin_lock) {
     auto buddy = std::make_unique<SmallBuddy<kmem::policy::ThrowOnError, kmem::policy::SpinLock>>();
     try {
         (void)buddy->alloc_pages(gfp_t(gfp::kernel), 0);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::invalid_gfp));
         BOOST_TEST(e.error().message.find("spin lock") != std::string::npos);
     }
@@ -477,8 +477,8 @@ BOOST_AUTO_TEST_CASE(runtime_zero_on_offset_only) {
         kmem::OffsetRegion(1 << 20));
     try {
         (void)buddy.alloc_pages(gfp_t(gfp::kernel | gfp::zero), 0);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::invalid_gfp));
         BOOST_TEST(e.error().message.find("offset-only") != std::string::npos);
     }

@@ -126,7 +126,7 @@ BOOST_AUTO_TEST_CASE(nonzero_base) {
     BOOST_TEST(*top == 64 * GiB - 4 * MiB);
     BOOST_TEST((base + *top) % (4 * MiB) == 0u); // device addresses are naturally aligned
     BOOST_TEST(a.offset_to_page(64 * GiB) == nullptr);
-    BOOST_CHECK_THROW(a.free_offset(64 * GiB, 0), kmem::usage_error);
+    BOOST_CHECK_THROW(a.free_offset(64 * GiB, 0), kmem::bad_usage);
     a.free_offset(*off, 3);
     a.free_offset(*top, 10);
     BOOST_TEST(a.nr_free(10) == 16384u);

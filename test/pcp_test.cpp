@@ -66,12 +66,12 @@ using CbPcp = kmem::BuddyAllocator<max_order, ps, kmem::OffsetRegion, kmem::poli
 // An mmap region aligned to the largest block, so its layout (and buddyinfo) is deterministic.
 kmem::MmapOptions aligned() { return kmem::MmapOptions{.alignment = ps << max_order}; }
 
-// Runs `f`, which must throw kmem::usage_error of `kind` whose message contains `needle`.
+// Runs `f`, which must throw kmem::bad_usage of `kind` whose message contains `needle`.
 template <class F>
 void expect_error(ErrorKind kind, F&& f, const std::string& needle = "") {
     try {
         f();
-    } catch (const kmem::usage_error& e) {
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST(static_cast<int>(e.error().kind) == static_cast<int>(kind),
                    "expected '" << kmem::to_string(kind) << "' but got '" << kmem::to_string(e.error().kind)
                                 << "': " << e.what());
@@ -79,7 +79,7 @@ void expect_error(ErrorKind kind, F&& f, const std::string& needle = "") {
                    "'" << e.error().message << "' does not mention '" << needle << "'");
         return;
     }
-    BOOST_ERROR("expected a usage_error '" << kmem::to_string(kind) << "' but nothing was thrown");
+    BOOST_ERROR("expected a bad_usage '" << kmem::to_string(kind) << "' but nothing was thrown");
 }
 
 // The buddyinfo line for the given per-order counts (zone Normal, node 0).
@@ -734,8 +734,8 @@ BOOST_AUTO_TEST_CASE(set_pcp_high_and_batch_validates_and_drains) {
             bool thrown = false;
             try {
                 a.set_pcp_high_and_batch(high, batch);
-            } catch (const kmem::usage_error&) {
-                BOOST_ERROR("a usage_error instead of a plain std::invalid_argument");
+            } catch (const kmem::bad_usage&) {
+                BOOST_ERROR("a bad_usage instead of a plain std::invalid_argument");
             } catch (const std::invalid_argument& e) {
                 thrown = true;
                 BOOST_TEST(std::string(e.what()).find("batch") != std::string::npos);
@@ -1553,7 +1553,7 @@ private:
         try {
             f();
             fail(std::string(what) + ": no error raised");
-        } catch (const kmem::usage_error& e) {
+        } catch (const kmem::bad_usage& e) {
             if (e.error().kind != kind)
                 fail(std::string(what) + ": expected '" + std::string(kmem::to_string(kind)) + "', got '" +
                      std::string(kmem::to_string(e.error().kind)) + "': " + e.what());

@@ -224,8 +224,8 @@ BOOST_AUTO_TEST_CASE(throw_on_error_carries_the_kind) {
     const auto free_before = buddy.nr_free_pages();
     try {
         buddy.free_pages(p, 1);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::wrong_order));
         BOOST_TEST(e.error().operation == "free_pages");
         BOOST_TEST(std::string(e.what()).find("kmem: free_pages: ") == 0u);
@@ -235,18 +235,18 @@ BOOST_AUTO_TEST_CASE(throw_on_error_carries_the_kind) {
     buddy.free_pages(p, 2);
     try {
         buddy.free_pages(p, 2);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::double_free));
     }
     try {
         buddy.free_offset(12345, 0);
-        BOOST_FAIL("expected usage_error");
-    } catch (const kmem::usage_error& e) {
+        BOOST_FAIL("expected bad_usage");
+    } catch (const kmem::bad_usage& e) {
         BOOST_TEST((e.error().kind == kmem::ErrorKind::misaligned));
     }
     BOOST_CHECK_THROW(buddy.free_offset(std::uint64_t{1} << 30, 0),
-                      std::invalid_argument); // a usage_error is one
+                      std::invalid_argument); // a bad_usage is one
     BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
     BOOST_TEST(buddy.check_invariants() == "");
 }

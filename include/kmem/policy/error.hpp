@@ -3,7 +3,7 @@
 ///
 /// The allocator detects the mistake, leaves its state untouched, builds a kmem::UsageError and hands it to its
 /// error policy: AssertOnError prints and aborts (like the kernel's BUG()), ThrowOnError throws
-/// kmem::usage_error, CallbackOnError calls a function of yours and lets the program go on (like WARN()).
+/// kmem::bad_usage, CallbackOnError calls a function of yours and lets the program go on (like WARN()).
 ///
 /// @code
 ///   kmem::policy::CallbackOnError on_error;
@@ -36,6 +36,7 @@ enum class ErrorKind {
     nofail_failed,    ///< A __GFP_NOFAIL request could not be satisfied and this layer cannot reclaim.
     bad_refcount,     ///< put_page on a page whose reference count is already zero.
     not_addressable,  ///< A host-address operation on a region that holds no host memory.
+    bad_alignment,    ///< The requested alignment is not a power of two (or is more than the allocator can give).
 };
 
 /// A short name for an ErrorKind ("double free", "wrong order", ...).
@@ -51,6 +52,7 @@ constexpr std::string_view to_string(ErrorKind k) noexcept {
     case ErrorKind::nofail_failed: return "__GFP_NOFAIL allocation failed";
     case ErrorKind::bad_refcount: return "reference count underflow";
     case ErrorKind::not_addressable: return "region is not addressable";
+    case ErrorKind::bad_alignment: return "bad alignment";
     }
     return "unknown error";
 }
@@ -63,10 +65,10 @@ struct UsageError {
 };
 
 /// The exception ThrowOnError throws; carries the UsageError.
-class usage_error : public std::invalid_argument {
+class bad_usage : public std::invalid_argument {
 public:
     /// Wraps `e`; what() returns its message prefixed with the operation.
-    explicit usage_error(UsageError e)
+    explicit bad_usage(UsageError e)
         : std::invalid_argument("kmem: " + std::string(e.operation) + ": " + e.message), error_(std::move(e)) {}
     /// The detected mistake.
     const UsageError& error() const noexcept { return error_; }
@@ -100,10 +102,10 @@ struct AssertOnError {
     }
 };
 
-/// Throws kmem::usage_error; the allocator is unchanged when the exception leaves it.
+/// Throws kmem::bad_usage; the allocator is unchanged when the exception leaves it.
 struct ThrowOnError {
-    /// Throws kmem::usage_error(e).
-    [[noreturn]] void on_error(const UsageError& e) const { throw usage_error(e); }
+    /// Throws kmem::bad_usage(e).
+    [[noreturn]] void on_error(const UsageError& e) const { throw bad_usage(e); }
 };
 
 /// Calls a user callback (by default: print to stderr, like WARN()) and lets the caller go on.
