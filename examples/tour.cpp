@@ -11,7 +11,9 @@
 
 namespace {
 
-void heading(const char* title) { std::cout << "\n== " << title << " ==\n"; }
+void heading(const char* title) {
+    std::cout << "\n== " << title << " ==\n";
+}
 
 template <class Buddy>
 void show(const char* when, const Buddy& buddy) {
@@ -37,9 +39,10 @@ int main() {
         std::cout << "  alloc_pages(order " << order << ") -> pfn " << buddy.page_to_pfn(page) << ", offset "
                   << buddy.page_offset(page) << ", " << (4096 << order) / 1024 << " KiB\n";
     show("after", buddy);
-    std::cout << "  The order-0 request split a 4 MiB block in halves ten times: one free block is left at\n"
-                 "  each order 0..9 and the lowest page is handed out.  The order-3 and order-9 requests took\n"
-                 "  blocks from those halves without any further splitting.\n";
+    std::cout
+        << "  The order-0 request split a 4 MiB block in halves ten times: one free block is left at\n"
+           "  each order 0..9 and the lowest page is handed out.  The order-3 and order-9 requests took\n"
+           "  blocks from those halves without any further splitting.\n";
 
     heading("2. split and merged back");
     buddy.free_pages(one, 0);
@@ -62,9 +65,9 @@ int main() {
               << buddy.total_pages() - buddy.nr_free_pages() << " pages are in use\n";
     for (int i : {0, 2, 3}) buddy.free_pages(four + i, 0);
     kmem::Page* thp = buddy.alloc_pages(kmem::gfp::kernel | kmem::gfp::comp, 4);
-    std::cout << "  gfp::comp order 4: head flag " << thp->test(kmem::PageFlag::head) << ", page 7 is a tail: "
-              << thp[7].test(kmem::PageFlag::tail) << ", compound_head(page 7) == head: "
-              << (buddy.compound_head(thp + 7) == thp) << "\n";
+    std::cout << "  gfp::comp order 4: head flag " << thp->test(kmem::PageFlag::head)
+              << ", page 7 is a tail: " << thp[7].test(kmem::PageFlag::tail)
+              << ", compound_head(page 7) == head: " << (buddy.compound_head(thp + 7) == thp) << "\n";
     buddy.free_pages(thp, 4);
     show("all merged again", buddy);
 
@@ -83,9 +86,9 @@ int main() {
         std::cout << "  caught " << kmem::to_string(e.kind) << ": " << e.message << "\n";
     });
     kmem::Page* p = buddy.alloc_pages(kmem::gfp::kernel, 1);
-    buddy.free_pages(p, 0);     // wrong order
-    buddy.free_pages(p, 1);     // correct
-    buddy.free_pages(p, 1);     // double free
+    buddy.free_pages(p, 0); // wrong order
+    buddy.free_pages(p, 1); // correct
+    buddy.free_pages(p, 1); // double free
     std::cout << "  invariants after the mistakes: " << (buddy.check_invariants().empty() ? "hold" : "BROKEN")
               << "\n";
 
@@ -107,27 +110,31 @@ int main() {
 
     heading("8. GFP rules are checked by the compiler");
     constexpr auto bad = kmem::gfp::dma | kmem::gfp::highmem;
-    std::cout << "  buddy.alloc_pages(gfp::dma | gfp::highmem, 0) does not compile; the compiler says:\n    \""
-              << kmem::gfp::describe(kmem::gfp::validate(bad.value)) << "\"\n";
-    std::cout << "  buddy.alloc_pages(gfp::dma, 0) does not compile either: this allocator has no ZONE_DMA.\n"
-              << "  buddy.alloc_pages(kmem::atomic_context, gfp::kernel, 0) is rejected: GFP_KERNEL may sleep.\n";
+    std::cout
+        << "  buddy.alloc_pages(gfp::dma | gfp::highmem, 0) does not compile; the compiler says:\n    \""
+        << kmem::gfp::describe(kmem::gfp::validate(bad.value)) << "\"\n";
+    std::cout
+        << "  buddy.alloc_pages(gfp::dma, 0) does not compile either: this allocator has no ZONE_DMA.\n"
+        << "  buddy.alloc_pages(kmem::atomic_context, gfp::kernel, 0) is rejected: GFP_KERNEL may sleep.\n";
     kmem::gfp_t runtime = kmem::gfp_t(kmem::gfp::kernel) | kmem::gfp::nofail | kmem::gfp::noretry;
-    std::cout << "  flags built at run time are checked by the same rules: " << runtime.to_string() << " -> \""
-              << kmem::gfp::describe(runtime.validate()) << "\"\n";
+    std::cout << "  flags built at run time are checked by the same rules: " << runtime.to_string()
+              << " -> \"" << kmem::gfp::describe(runtime.validate()) << "\"\n";
 
     heading("9. per-CPU page lists: the kernel's fast path for small blocks");
     using PcpBuddy = kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::PerCpuPages<31>>;
     PcpBuddy fast(kmem::MmapRegion(8 << 20, {.alignment = 4 << 20}));
     fast.set_name("tour");
     std::cout << "  policy::PerCpuPages<31>: batch " << fast.pcp_batch() << ", high " << fast.pcp_high()
-              << " (6 x batch;\n  PerCpuPages<> computes batch from the zone size, as the kernel's zone_batchsize() does)\n";
+              << " (6 x batch;\n  PerCpuPages<> computes batch from the zone size, as the kernel's "
+                 "zone_batchsize() does)\n";
     kmem::Page* q = fast.alloc_pages(kmem::gfp::kernel, 0);
     show("after one order-0 allocation", fast);
     std::cout << "  The empty list was refilled with a batch of " << fast.pcp_batch()
               << " pages in one go; one was handed out, " << fast.nr_pcp_pages() << " wait on the list.\n";
     fast.free_pages(q, 0);
     std::cout << "  After free_pages the page sits on the list unmerged (" << fast.nr_pcp_pages()
-              << " pages parked), so the next order-0 pair\n  is a pop and a push, not ten splits and ten merges.\n";
+              << " pages parked), so the next order-0 pair\n  is a pop and a push, not ten splits and ten "
+                 "merges.\n";
     fast.drain_all_pages();
     show("after drain_all_pages()", fast);
     return buddy.check_invariants().empty() && fast.check_invariants().empty() ? 0 : 1;

@@ -82,7 +82,8 @@ BOOST_AUTO_TEST_CASE(every_order_round_robin_then_free_by_increasing_size) {
             BOOST_TEST(a.largest_free_order() == -1);
             BOOST_TEST(shadow.used_pages() == ar.pages);
             for (unsigned k = 0; k <= max_order; ++k) // every order was handed out
-                BOOST_TEST(std::any_of(blocks.begin(), blocks.end(), [k](const Block& b) { return b.order == k; }));
+                BOOST_TEST(
+                    std::any_of(blocks.begin(), blocks.end(), [k](const Block& b) { return b.order == k; }));
             expect_consistent(a, shadow);
             std::stable_sort(blocks.begin(), blocks.end(),
                              [](const Block& x, const Block& y) { return x.order < y.order; });
@@ -186,8 +187,8 @@ BOOST_AUTO_TEST_CASE(half_free_but_no_pair_of_pages) {
             const auto failures = a.stats().failures;
             for (unsigned order = 1; order <= max_order; ++order) {
                 BOOST_TEST(a.alloc_pages(gfp::kernel | gfp::nowarn, order) == nullptr);
-                BOOST_TEST(a.alloc_pages(gfp::kernel | gfp::nowarn, order, kmem::Placement{.top_down = true}) ==
-                           nullptr);
+                BOOST_TEST(a.alloc_pages(gfp::kernel | gfp::nowarn, order,
+                                         kmem::Placement{.top_down = true}) == nullptr);
             }
             BOOST_TEST(a.stats().failures == failures + 2 * max_order);
             BOOST_TEST(a.nr_free_pages() == even); // the failures took nothing

@@ -280,7 +280,9 @@ BOOST_AUTO_TEST_CASE(describe_gives_one_sentence_per_problem) {
                                    Problem::movable_and_reclaimable,
                                    Problem::nofail_without_direct_reclaim,
                                    Problem::nofail_and_noretry,
-                                   Problem::unknown_bits};
+                                   Problem::unknown_bits,
+                                   Problem::exact_compound,
+                                   Problem::exact_highmem};
     std::vector<std::string_view> seen;
     for (Problem p : all) {
         const std::string_view s = gfp::describe(p);
@@ -288,8 +290,7 @@ BOOST_AUTO_TEST_CASE(describe_gives_one_sentence_per_problem) {
         BOOST_TEST(s.size() > 20u);
         BOOST_TEST(s.back() == '.');
         BOOST_TEST(s != gfp::describe(static_cast<Problem>(200)));
-        for (auto other : seen)
-            BOOST_TEST(s != other);
+        for (auto other : seen) BOOST_TEST(s != other);
         seen.push_back(s);
     }
     // The sentences the compile-time checks print (test/compile_fail matches the same text).
@@ -300,6 +301,93 @@ BOOST_AUTO_TEST_CASE(describe_gives_one_sentence_per_problem) {
         "gfp::nofail needs gfp::direct_reclaim: an allocation that may not fail must be allowed to sleep.");
     BOOST_TEST(gfp::describe(Problem::nofail_and_noretry) ==
                "gfp::nofail and gfp::noretry contradict each other: one never fails, the other fails fast.");
+}
+
+BOOST_AUTO_TEST_CASE(validate_exact_adds_the_alloc_pages_exact_rules) {
+    struct Case {
+        gfp_t flags;
+        Problem expected;
+    };
+    const std::vector<Case> cases{
+        {gfp::kernel, Problem::none},
+        {gfp::kernel | gfp::zero, Problem::none},
+        {gfp::kernel | gfp::dma, Problem::none},
+        {gfp::kernel | gfp::dma32, Problem::none},
+        {gfp::kernel | gfp::movable, Problem::none},
+        {gfp::atomic, Problem::none},
+        {gfp::user, Problem::none},
+        {gfp::kernel | gfp::comp, Problem::exact_compound},
+        {gfp::nowarn | gfp::comp, Problem::exact_compound},
+        {gfp::kernel | gfp::highmem, Problem::exact_highmem},
+        {gfp::highuser, Problem::exact_highmem},
+        {gfp::highuser_movable, Problem::exact_highmem},
+        {gfp::transhuge, Problem::exact_compound}, // comp and highmem: the compound rule comes first
+        {gfp::highuser | gfp::comp, Problem::exact_compound},
+        // The ordinary rules come before the exact ones.
+        {gfp::dma | gfp::highmem, Problem::dma_and_highmem},
+        {gfp::kernel | gfp::comp | gfp::movable | gfp::reclaimable, Problem::movable_and_reclaimable},
+        {gfp::atomic | gfp::comp | gfp::nofail, Problem::nofail_without_direct_reclaim},
+        {gfp_t::from_bits(gfp::highuser.value | (1u << 9)), Problem::unknown_bits},
+    };
+    for (const auto& c : cases) {
+        BOOST_TEST_INFO("flags " << c.flags.to_string());
+        BOOST_TEST((c.flags.validate_exact() == c.expected));
+        BOOST_TEST((gfp::validate_exact(c.flags.value()) == c.expected));
+        // validate() knows nothing of the exact rules.
+        const bool exact_only = c.expected == Problem::exact_compound || c.expected == Problem::exact_highmem;
+        BOOST_TEST((c.flags.validate() == (exact_only ? Problem::none : c.expected)));
+    }
+    static_assert(gfp_t(gfp::highuser).validate_exact() == Problem::exact_highmem);
+    static_assert(gfp::validate_exact((gfp::kernel | gfp::comp).value) == Problem::exact_compound);
+    static_assert(gfp::validate_exact(gfp::kernel.value) == Problem::none);
+    // The sentences name the flag and the kind of allocation.
+    BOOST_TEST(gfp::describe(Problem::exact_compound)
+                   .starts_with("gfp::comp cannot be used for an exact allocation"));
+    BOOST_TEST(gfp::describe(Problem::exact_highmem)
+                   .starts_with("gfp::highmem cannot be used for an exact allocation"));
+    BOOST_TEST(gfp::describe(Problem::exact_highmem).find("gfp::highuser") != std::string_view::npos);
+}
+
+BOOST_AUTO_TEST_CASE(check_exact_accepts_valid_exact_flags) {
+    // The failing side of gfp::check_exact is test/compile_fail/exact_comp.cpp and exact_highmem.cpp.
+    gfp::check_exact(gfp::kernel);
+    gfp::check_exact(gfp::kernel | gfp::zero | gfp::nowarn);
+    gfp::check_exact(gfp::atomic);
+    gfp::check_exact(gfp::kernel | gfp::dma32);
+    gfp::check_exact(gfp::user | gfp::movable);
+    gfp::check(gfp::highuser | gfp::comp); // ordinary flags, only wrong for an exact allocation
+    BOOST_TEST(true);                      // everything above is checked at compile time
+}
+
+BOOST_AUTO_TEST_CASE(one_table_drives_validate_and_describe) {
+    namespace detail = gfp::detail;
+    // Every rule the table holds is reported: a mask made to break it is reported with its code (or with the
+    // code of an earlier rule it breaks too, since the table's order is the order of the report), through
+    // validate() for the ordinary rules and validate_exact() for the exact ones; describe() is its sentence.
+    for (std::size_t i = 0; i < detail::rules.size(); ++i) {
+        const auto& rule = detail::rules[i];
+        const std::uint32_t witness = rule.broken.all | (rule.broken.any & (0u - rule.broken.any));
+        BOOST_TEST_INFO("rule " << static_cast<int>(rule.code) << " witness " << gfp::to_string(witness));
+        BOOST_TEST(rule.broken(witness));
+        BOOST_TEST(!rule.broken(0u));
+        const Problem got =
+            rule.scope == detail::Scope::every ? gfp::validate(witness) : gfp::validate_exact(witness);
+        bool earlier = false;
+        for (std::size_t j = 0; j < i; ++j)
+            earlier = earlier || (detail::rules[j].code == got && detail::rules[j].broken(witness));
+        BOOST_TEST((got == rule.code || earlier));
+        BOOST_TEST(gfp::describe(rule.code) == rule.sentence);
+    }
+    // gfp::nofail | gfp::noretry breaks the direct-reclaim rule first; with direct reclaim, its own.
+    BOOST_TEST((gfp::validate((gfp::nofail | gfp::noretry).value) == Problem::nofail_without_direct_reclaim));
+    BOOST_TEST((gfp::validate((gfp::nofail | gfp::noretry | gfp::direct_reclaim).value) ==
+                Problem::nofail_and_noretry));
+    BOOST_TEST(detail::rules.size() == 10u);
+    BOOST_TEST(detail::count(detail::Scope::every) == 8u);
+    BOOST_TEST(detail::count(detail::Scope::exact) == 2u);
+    BOOST_TEST(detail::sentence_of(Problem::none).empty());
+    // The table's order is the order validate() reports: unknown bits first.
+    BOOST_TEST((detail::rules.front().code == Problem::unknown_bits));
 }
 
 BOOST_AUTO_TEST_CASE(to_string_spells_flags_like_the_kernel) {
@@ -378,8 +466,7 @@ BOOST_AUTO_TEST_CASE(bad_flags_throw_and_change_nothing) {
     auto* z = static_cast<unsigned char*>(buddy->get_free_pages(gfp_t(gfp::kernel | gfp::zero), 0));
     BOOST_REQUIRE(z != nullptr);
     BOOST_TEST(z == p); // the same page came back (LIFO order-0 list) and it is zeroed
-    for (int i = 0; i < 4096; ++i)
-        BOOST_REQUIRE(z[i] == 0);
+    for (int i = 0; i < 4096; ++i) BOOST_REQUIRE(z[i] == 0);
     buddy->free_pages(z, 0);
     buddy->free_pages(held, 1);
     BOOST_TEST(buddy->nr_free_pages() == buddy->total_pages());

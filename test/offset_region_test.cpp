@@ -52,8 +52,9 @@ BOOST_AUTO_TEST_CASE(sixty_four_gib_initial_state) {
     std::vector<std::uint64_t> want(11, 0);
     want[10] = 16384;
     BOOST_TEST(a.buddyinfo() == buddyinfo_line(want));
-    BOOST_TEST(a.buddyinfo() == "Node 0, zone   Normal      0      0      0      0      0      0      0      0      0"
-                                "      0  16384 \n");
+    BOOST_TEST(a.buddyinfo() ==
+               "Node 0, zone   Normal      0      0      0      0      0      0      0      0      0"
+               "      0  16384 \n");
     BOOST_TEST(a.page_table().metadata_bytes() == 16 * a.total_pages());
     expect_walk_ok(a);
 }
@@ -99,7 +100,8 @@ BOOST_AUTO_TEST_CASE(placement_near_the_top) {
     BOOST_REQUIRE(mid.has_value());
     BOOST_TEST(*mid == GiB + 64 * KiB);
     // Top-down inside a range.
-    auto mid_top = a.alloc_offset(gfp::kernel, 4, Placement{.start = GiB, .end = 2 * GiB + 100, .top_down = true});
+    auto mid_top =
+        a.alloc_offset(gfp::kernel, 4, Placement{.start = GiB, .end = 2 * GiB + 100, .top_down = true});
     BOOST_REQUIRE(mid_top.has_value());
     BOOST_TEST(*mid_top == 2 * GiB - 64 * KiB);
     a.free_offset(*top, 0);
@@ -138,7 +140,8 @@ BOOST_AUTO_TEST_CASE(base_not_aligned_to_the_largest_block) {
     Vram a(64 * GiB, base);
     const std::uint64_t first = base / ps;
     BOOST_TEST(a.total_pages() == 16u * 1024 * 1024);
-    BOOST_TEST(kmem::test::nr_free_vector(a) == kmem::test::expected_initial_nr_free(first, a.total_pages(), 10),
+    BOOST_TEST(kmem::test::nr_free_vector(a) ==
+                   kmem::test::expected_initial_nr_free(first, a.total_pages(), 10),
                boost::test_tools::per_element());
     // pfns [2^28 + 1, 2^28 + 1 + 16 Mi): one block of each order 0..9 climbs to the first 4 MiB boundary
     // (1023 pages), then 16383 order-10 blocks, then the single page left over at the top.

@@ -24,7 +24,7 @@ BOOST_AUTO_TEST_CASE(is_at_most_16_bytes_and_starts_clear) {
 }
 
 BOOST_AUTO_TEST_CASE(flags_set_test_clear_independently) {
-    const PageFlag all[] = {PageFlag::buddy, PageFlag::head, PageFlag::tail,
+    const PageFlag all[] = {PageFlag::buddy,    PageFlag::head, PageFlag::tail,
                             PageFlag::reserved, PageFlag::slab, PageFlag::block};
     Page p;
     for (PageFlag f : all) {
@@ -32,7 +32,7 @@ BOOST_AUTO_TEST_CASE(flags_set_test_clear_independently) {
         p.set(f);
         BOOST_TEST(p.test(f));
         BOOST_TEST(p.flags() == static_cast<std::uint16_t>(f)); // only that bit
-        p.set(f);                                                // setting twice is idempotent
+        p.set(f);                                               // setting twice is idempotent
         BOOST_TEST(p.flags() == static_cast<std::uint16_t>(f));
         p.clear(f);
         BOOST_TEST(!p.test(f));
@@ -46,9 +46,11 @@ BOOST_AUTO_TEST_CASE(flags_set_test_clear_independently) {
     BOOST_TEST(p.test(PageFlag::head));
     BOOST_TEST(p.test(PageFlag::reserved));
     BOOST_TEST(!p.test(PageFlag::slab));
-    BOOST_TEST(p.flags() == (static_cast<std::uint16_t>(PageFlag::head) | static_cast<std::uint16_t>(PageFlag::reserved)));
+    BOOST_TEST(p.flags() ==
+               (static_cast<std::uint16_t>(PageFlag::head) | static_cast<std::uint16_t>(PageFlag::reserved)));
     p.clear(PageFlag::tail); // clearing an unset flag changes nothing
-    BOOST_TEST(p.flags() == (static_cast<std::uint16_t>(PageFlag::head) | static_cast<std::uint16_t>(PageFlag::reserved)));
+    BOOST_TEST(p.flags() ==
+               (static_cast<std::uint16_t>(PageFlag::head) | static_cast<std::uint16_t>(PageFlag::reserved)));
     // The bits are distinct.
     std::uint16_t seen = 0;
     for (PageFlag f : all) {
@@ -95,8 +97,9 @@ BOOST_AUTO_TEST_CASE(owner_slot_round_trips_a_pointer) {
     BOOST_TEST(reinterpret_cast<int*>(static_cast<std::uintptr_t>(p.owner())) == &object);
     BOOST_TEST(*reinterpret_cast<int*>(static_cast<std::uintptr_t>(p.owner())) == 42);
     // Both 32-bit halves are kept.
-    for (std::uint64_t v : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{0xffffffffu}, std::uint64_t{1} << 32,
-                            ~std::uint64_t{0}, std::uint64_t{0x8000'0000'0000'0001ull}}) {
+    for (std::uint64_t v :
+         {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{0xffffffffu}, std::uint64_t{1} << 32,
+          ~std::uint64_t{0}, std::uint64_t{0x8000'0000'0000'0001ull}}) {
         p.set_owner(v);
         BOOST_TEST(p.owner() == v);
     }
@@ -113,7 +116,8 @@ BOOST_AUTO_TEST_CASE(pfn_page_conversions) {
     BOOST_TEST(t.first_pfn() == 256u);
     BOOST_TEST(t.size() == 1024u);
     BOOST_TEST(t.metadata_bytes() == 1024 * sizeof(Page));
-    for (std::uint64_t pfn : {std::uint64_t{256}, std::uint64_t{300}, std::uint64_t{1000}, std::uint64_t{1279}}) {
+    for (std::uint64_t pfn :
+         {std::uint64_t{256}, std::uint64_t{300}, std::uint64_t{1000}, std::uint64_t{1279}}) {
         Page& p = t.pfn_to_page(pfn);
         BOOST_TEST(t.page_to_pfn(&p) == pfn);
         BOOST_TEST(&t[pfn - 256] == &p);
@@ -178,7 +182,7 @@ BOOST_AUTO_TEST_CASE(moves) {
     BOOST_TEST(b.size() == 8u);
     BOOST_TEST(&b.pfn_to_page(52) == p); // same descriptors, no copy
     BOOST_TEST(b.pfn_to_page(52).test(PageFlag::slab));
-    BOOST_TEST(a.size() == 0u);          // NOLINT(bugprone-use-after-move): the moved-from table is empty
+    BOOST_TEST(a.size() == 0u); // NOLINT(bugprone-use-after-move): the moved-from table is empty
     BOOST_TEST(!a.contains_pfn(52));
 }
 

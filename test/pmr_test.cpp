@@ -2,6 +2,7 @@
 // memory from the region, identity equality, std::bad_alloc on failure, alignment, and everything freed back.
 #include <kmem/buddy.hpp>
 #include <kmem/pmr.hpp>
+#include <kmem/policy/error.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -38,6 +39,23 @@ struct Fixture {
     }
 };
 
+// Alignments std::pmr forbids (not powers of two), as runtime values so that no call folds them into a constant.
+const std::vector<std::size_t> bad_alignments{0, 3, 24, 3 * page, (page << 10) + page};
+
+// A fresh allocator with error policy `Policy` over the same 16 MiB.
+template <class Policy>
+struct PolicyFixture {
+    kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, Policy> buddy{
+        kmem::MmapRegion(region_bytes, {.alignment = page << 10})};
+    PolicyFixture() { buddy.set_warning_stream(nullptr); }
+};
+
+bool is_bad_alignment_in(const kmem::bad_usage& e, std::string_view operation, std::size_t align) {
+    return e.error().kind == kmem::ErrorKind::bad_alignment && e.error().operation == operation &&
+           e.error().message.find("alignment " + std::to_string(align) + " ") != std::string::npos &&
+           e.error().message.find("not a power of two") != std::string::npos;
+}
+
 } // namespace
 
 BOOST_FIXTURE_TEST_SUITE(memory_resource, Fixture)
@@ -67,8 +85,7 @@ BOOST_AUTO_TEST_CASE(vector_grows_inside_the_region) {
         BOOST_TEST(buffers.size() > 10u); // it really grew through many reallocations
         BOOST_TEST(buddy.nr_free_pages() < buddy.total_pages());
         long long sum = 0;
-        for (int x : v)
-            sum += x;
+        for (int x : v) sum += x;
         BOOST_TEST(sum == 200'000LL * 199'999 / 2);
         BOOST_TEST(buddy.stats().allocations == buffers.size());
     }
@@ -85,10 +102,8 @@ BOOST_AUTO_TEST_CASE(string_and_nested_containers) {
         BOOST_TEST(inside(s.data(), s.size()));
         BOOST_TEST(s.size() == 100'009u);
         std::pmr::vector<std::pmr::string> words(&resource);
-        for (int i = 0; i < 100; ++i)
-            words.emplace_back(std::string(100, static_cast<char>('a' + i % 26)));
-        for (const auto& w : words)
-            BOOST_REQUIRE(inside(w.data(), w.size())); // the allocator propagates
+        for (int i = 0; i < 100; ++i) words.emplace_back(std::string(100, static_cast<char>('a' + i % 26)));
+        for (const auto& w : words) BOOST_REQUIRE(inside(w.data(), w.size())); // the allocator propagates
         BOOST_TEST(std::string_view(words[27]) == std::string(100, 'b'));
     }
     require_all_free();
@@ -122,8 +137,7 @@ BOOST_AUTO_TEST_CASE(requests_above_the_largest_block_throw_bad_alloc) {
 BOOST_AUTO_TEST_CASE(exhaustion_throws_bad_alloc) {
     kmem::MemoryResource resource(buddy);
     std::vector<void*> blocks;
-    for (int i = 0; i < 4; ++i)
-        blocks.push_back(resource.allocate(page << 10));
+    for (int i = 0; i < 4; ++i) blocks.push_back(resource.allocate(page << 10));
     BOOST_TEST(buddy.nr_free_pages() == 0u);
     BOOST_CHECK_THROW((void)resource.allocate(1), std::bad_alloc);
     BOOST_CHECK_THROW((void)resource.allocate(page << 10), std::bad_alloc);
@@ -138,8 +152,7 @@ BOOST_AUTO_TEST_CASE(exhaustion_throws_bad_alloc) {
     void* small = resource.allocate(100);
     BOOST_TEST(inside(small, 100));
     resource.deallocate(small, 100);
-    for (void* p : blocks)
-        resource.deallocate(p, page << 10);
+    for (void* p : blocks) resource.deallocate(p, page << 10);
     require_all_free();
 }
 
@@ -183,15 +196,13 @@ BOOST_AUTO_TEST_CASE(custom_flags) {
     // Failures through the __GFP_NOWARN resource leave no report; through the plain one they do.
     BOOST_CHECK_THROW((void)quiet.allocate(page << 11), std::bad_alloc);
     std::vector<void*> blocks;
-    for (int i = 0; i < 4; ++i)
-        blocks.push_back(quiet.allocate(page << 10));
+    for (int i = 0; i < 4; ++i) blocks.push_back(quiet.allocate(page << 10));
     BOOST_CHECK_THROW((void)quiet.allocate(64), std::bad_alloc);
     BOOST_TEST(warnings.str() == "");
     BOOST_CHECK_THROW((void)loud.allocate(64), std::bad_alloc);
     BOOST_TEST(warnings.str().find("page allocation failure") != std::string::npos);
     BOOST_TEST(warnings.str().find("GFP_KERNEL") != std::string::npos);
-    for (void* p : blocks)
-        quiet.deallocate(p, page << 10);
+    for (void* p : blocks) quiet.deallocate(p, page << 10);
     buddy.set_warning_stream(nullptr);
     require_all_free();
 }
@@ -208,14 +219,76 @@ BOOST_AUTO_TEST_CASE(pool_resource_on_top) {
             names.emplace_back(std::string(40, static_cast<char>('a' + i % 26)));
             numbers.push_back(i);
         }
-        for (const auto& n : names)
-            BOOST_REQUIRE(inside(n.data(), n.size()));
+        for (const auto& n : names) BOOST_REQUIRE(inside(n.data(), n.size()));
         BOOST_TEST(inside(numbers.data(), numbers.size() * sizeof(int)));
         BOOST_TEST(std::string_view(names[4999]) == std::string(40, 'a' + 4999 % 26));
         BOOST_TEST(buddy.nr_free_pages() < buddy.total_pages());
         BOOST_TEST(buddy.check_invariants() == "");
     }
     require_all_free();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(memory_resource_bad_alignment)
+
+BOOST_FIXTURE_TEST_CASE(throw_on_error_reports_bad_alignment_as_bad_usage,
+                        PolicyFixture<kmem::policy::ThrowOnError>) {
+    kmem::MemoryResource resource(buddy);
+    for (std::size_t align : bad_alignments) {
+        BOOST_TEST_INFO("align " << align);
+        BOOST_CHECK_EXCEPTION(
+            (void)resource.allocate(100, align), kmem::bad_usage,
+            [&](const kmem::bad_usage& e) { return is_bad_alignment_in(e, "do_allocate", align); });
+    }
+    BOOST_TEST(buddy.stats().allocations == 0u); // nothing reached the allocator
+    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
+
+    // A free with a bad alignment is reported and frees nothing, also where the order it implies would match.
+    void* p = resource.allocate(page, page);
+    for (std::size_t align : bad_alignments) {
+        BOOST_TEST_INFO("align " << align);
+        BOOST_CHECK_EXCEPTION(
+            resource.deallocate(p, page, align), kmem::bad_usage,
+            [&](const kmem::bad_usage& e) { return is_bad_alignment_in(e, "do_deallocate", align); });
+        BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages() - 1);
+    }
+    BOOST_TEST(buddy.stats().frees == 0u);
+    resource.deallocate(p, page, page);
+    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
+    BOOST_TEST(buddy.nr_free(10) == 4u);
+    BOOST_TEST(buddy.check_invariants() == "");
+}
+
+BOOST_FIXTURE_TEST_CASE(callback_on_error_sees_bad_alignment_then_bad_alloc_is_thrown,
+                        PolicyFixture<kmem::policy::CallbackOnError>) {
+    std::vector<kmem::UsageError> seen;
+    buddy.error_policy().set_callback([&](const kmem::UsageError& e) { seen.push_back(e); });
+    kmem::MemoryResource resource(buddy);
+    const std::size_t align = bad_alignments[3]; // 3 pages: an order-2 block is not aligned to it
+    BOOST_CHECK_THROW((void)resource.allocate(100, align), std::bad_alloc);
+    BOOST_REQUIRE(seen.size() == 1u);
+    BOOST_TEST((seen[0].kind == kmem::ErrorKind::bad_alignment));
+    BOOST_TEST(seen[0].operation == "do_allocate");
+    BOOST_TEST(seen[0].message ==
+               "The alignment 12288 given for 100 bytes is not a power of two, as std::pmr "
+               "requires; nothing was allocated.");
+    BOOST_TEST(buddy.stats().allocations == 0u);
+    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
+
+    // The callback returns on a bad free too: the block stays allocated rather than freed with a guessed order.
+    void* p = resource.allocate(page, page);
+    resource.deallocate(p, page, 3);
+    BOOST_REQUIRE(seen.size() == 2u);
+    BOOST_TEST((seen[1].kind == kmem::ErrorKind::bad_alignment));
+    BOOST_TEST(seen[1].operation == "do_deallocate");
+    BOOST_TEST(seen[1].message.find("nothing was freed") != std::string::npos);
+    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages() - 1);
+    BOOST_TEST(buddy.stats().frees == 0u);
+    resource.deallocate(p, page, page);
+    BOOST_TEST(seen.size() == 2u);
+    BOOST_TEST(buddy.nr_free(10) == 4u);
+    BOOST_TEST(buddy.check_invariants() == "");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,86 +1,27 @@
-// Tests for include/kmem/policy/: lock policies (concept, may_sleep, a multi-threaded stress of a shared
-// BuddyAllocator) and error policies (AssertOnError aborts with a message, ThrowOnError, CallbackOnError).
+// Tests for include/kmem/policy/: lock policies (concept, may_sleep; the multi-threaded ones are in
+// buddy_threads_test.cpp) and error policies (AssertOnError aborts with a message, ThrowOnError, CallbackOnError).
 #include <kmem/buddy.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
 #include <kmem/policy/zone.hpp>
+
+#include "support/expect_error.hpp"
 
 #include <boost/test/unit_test.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <latch>
 #include <mutex>
-#include <random>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 namespace {
-
-constexpr std::size_t page = 4096;
-
-// Four threads share one allocator; each does `iterations` random alloc/free steps on blocks of order 0..3,
-// stamps every page of a block with its owner and checks the stamp before freeing (a block handed out twice
-// would be overwritten by its second owner).
-template <class Buddy, class Flags>
-void stress(Buddy& buddy, Flags flags, unsigned seed, int iterations) {
-    std::atomic<int> corrupted{0};
-    std::atomic<int> failed{0};
-    std::vector<std::thread> threads;
-    std::latch start(4); // all four begin together, so they really contend
-    for (unsigned t = 0; t < 4; ++t) {
-        threads.emplace_back([&, t] {
-            start.arrive_and_wait();
-            std::mt19937 rng(seed + t);
-            struct Held {
-                unsigned char* p;
-                unsigned order;
-                unsigned char stamp;
-            };
-            std::vector<Held> held;
-            const auto release = [&](std::size_t k) {
-                const Held h = held[k];
-                for (std::size_t off = 0; off < (page << h.order); off += page / 2)
-                    if (h.p[off] != h.stamp)
-                        corrupted.fetch_add(1);
-                buddy.free_pages(h.p, h.order);
-                held[k] = held.back();
-                held.pop_back();
-            };
-            for (int i = 0; i < iterations; ++i) {
-                if (held.size() < 32 && (held.empty() || rng() % 2 == 0)) {
-                    const unsigned order = rng() % 4;
-                    auto* p = static_cast<unsigned char*>(buddy.get_free_pages(flags, order));
-                    if (p == nullptr) {
-                        failed.fetch_add(1);
-                        continue;
-                    }
-                    const auto stamp = static_cast<unsigned char>(rng());
-                    for (std::size_t off = 0; off < (page << order); off += page / 2)
-                        p[off] = stamp;
-                    held.push_back({p, order, stamp});
-                } else {
-                    release(rng() % held.size());
-                }
-            }
-            while (!held.empty())
-                release(held.size() - 1);
-        });
-    }
-    for (auto& th : threads)
-        th.join();
-    BOOST_TEST(corrupted.load() == 0);
-    BOOST_TEST(failed.load() == 0); // 4 x 32 blocks of at most 8 pages fit easily
-}
 
 // Runs `body` in a child process with stderr captured; returns (wait status, stderr text).
 template <class Body>
@@ -100,8 +41,7 @@ std::pair<int, std::string> in_child(Body body) {
     ::close(fds[1]);
     std::string text;
     char buf[512];
-    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-        text.append(buf, static_cast<std::size_t>(n));
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
     ::close(fds[0]);
     int status = 0;
     BOOST_REQUIRE(::waitpid(child, &status, 0) == child);
@@ -128,51 +68,6 @@ BOOST_AUTO_TEST_CASE(concept_and_may_sleep) {
     static_assert(
         std::is_same_v<kmem::BuddyAllocator<4, 4096, kmem::OffsetRegion>::lock_type, kmem::policy::NoLock>);
     BOOST_TEST(true); // compile-time checks above
-}
-
-BOOST_AUTO_TEST_CASE(spin_lock_excludes) {
-    kmem::policy::SpinLock lock;
-    long counter = 0;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; ++t)
-        threads.emplace_back([&] {
-            for (int i = 0; i < 100'000; ++i) {
-                kmem::policy::LockGuard guard(lock);
-                counter = counter + 1;
-            }
-        });
-    for (auto& th : threads)
-        th.join();
-    BOOST_TEST(counter == 400'000);
-}
-
-BOOST_AUTO_TEST_CASE(shared_allocator_with_spin_lock) {
-    const unsigned seed = std::random_device{}();
-    BOOST_TEST_MESSAGE("seed " << seed);
-    BOOST_TEST_INFO("seed " << seed);
-    kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::SpinLock> buddy(
-        kmem::MmapRegion(std::size_t{16} << 20));
-    buddy.set_warning_stream(nullptr);
-    stress(buddy, kmem::gfp::atomic, seed, 20'000);
-    BOOST_TEST(buddy.check_invariants() == "");
-    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
-    const auto s = buddy.stats();
-    BOOST_TEST(s.allocations == s.frees);
-    BOOST_TEST(s.allocations > 4u * 5'000u);
-}
-
-BOOST_AUTO_TEST_CASE(shared_allocator_with_mutex) {
-    const unsigned seed = std::random_device{}();
-    BOOST_TEST_MESSAGE("seed " << seed);
-    BOOST_TEST_INFO("seed " << seed);
-    kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::MutexLock> buddy(
-        kmem::MmapRegion(std::size_t{16} << 20));
-    buddy.set_warning_stream(nullptr);
-    stress(buddy, kmem::gfp::kernel, seed, 20'000);
-    BOOST_TEST(buddy.check_invariants() == "");
-    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
-    const auto s = buddy.stats();
-    BOOST_TEST(s.allocations == s.frees);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -233,18 +128,8 @@ BOOST_AUTO_TEST_CASE(throw_on_error_carries_the_kind) {
     }
     BOOST_TEST(buddy.nr_free_pages() == free_before); // the failed free changed nothing
     buddy.free_pages(p, 2);
-    try {
-        buddy.free_pages(p, 2);
-        BOOST_FAIL("expected bad_usage");
-    } catch (const kmem::bad_usage& e) {
-        BOOST_TEST((e.error().kind == kmem::ErrorKind::double_free));
-    }
-    try {
-        buddy.free_offset(12345, 0);
-        BOOST_FAIL("expected bad_usage");
-    } catch (const kmem::bad_usage& e) {
-        BOOST_TEST((e.error().kind == kmem::ErrorKind::misaligned));
-    }
+    kmem::test::expect_error(buddy, kmem::ErrorKind::double_free, [&] { buddy.free_pages(p, 2); });
+    kmem::test::expect_error(buddy, kmem::ErrorKind::misaligned, [&] { buddy.free_offset(12345, 0); });
     BOOST_CHECK_THROW(buddy.free_offset(std::uint64_t{1} << 30, 0),
                       std::invalid_argument); // a bad_usage is one
     BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
@@ -254,17 +139,12 @@ BOOST_AUTO_TEST_CASE(throw_on_error_carries_the_kind) {
 BOOST_AUTO_TEST_CASE(callback_on_error_calls_back_and_goes_on) {
     kmem::BuddyAllocator<4, 4096, kmem::OffsetRegion, kmem::policy::CallbackOnError> buddy(
         kmem::OffsetRegion(1 << 20));
-    std::vector<kmem::ErrorKind> kinds;
-    buddy.error_policy().set_callback([&](const kmem::UsageError& e) { kinds.push_back(e.kind); });
     kmem::Page* p = buddy.alloc_pages(kmem::gfp::kernel, 1);
-    buddy.free_pages(p, 0);     // wrong order
-    buddy.free_pages(p + 1, 1); // not the block start
-    buddy.free_pages(p, 1);
-    buddy.free_pages(p, 1); // double free
-    BOOST_TEST(kinds.size() == 3u);
-    BOOST_TEST(
-        (kinds == std::vector<kmem::ErrorKind>{kmem::ErrorKind::wrong_order, kmem::ErrorKind::not_block_start,
-                                               kmem::ErrorKind::double_free}));
+    // Each mistake calls the callback once (expect_error installs a capturing one) and the program goes on.
+    kmem::test::expect_error(buddy, kmem::ErrorKind::wrong_order, [&] { buddy.free_pages(p, 0); });
+    kmem::test::expect_error(buddy, kmem::ErrorKind::not_block_start, [&] { buddy.free_pages(p + 1, 1); });
+    kmem::test::expect_no_error(buddy, [&] { buddy.free_pages(p, 1); });
+    kmem::test::expect_error(buddy, kmem::ErrorKind::double_free, [&] { buddy.free_pages(p, 1); });
     BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
     BOOST_TEST(buddy.check_invariants() == "");
 }

@@ -14,11 +14,15 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <limits>
 #include <memory>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace {
@@ -32,11 +36,9 @@ std::uintptr_t addr(const void* p) {
 // True when every page of [p, p + n) is resident (mincore).
 bool resident(const std::byte* p, std::size_t n) {
     std::vector<unsigned char> vec((n + page - 1) / page);
-    if (::mincore(const_cast<std::byte*>(p), n, vec.data()) != 0)
-        return false;
+    if (::mincore(const_cast<std::byte*>(p), n, vec.data()) != 0) return false;
     for (unsigned char v : vec)
-        if ((v & 1u) == 0)
-            return false;
+        if ((v & 1u) == 0) return false;
     return true;
 }
 
@@ -66,8 +68,7 @@ std::string smaps_line(const void* p, const std::string& field) {
             inside = addr(p) >= lo && addr(p) < hi;
             continue;
         }
-        if (inside && line.rfind(field, 0) == 0)
-            return line;
+        if (inside && line.rfind(field, 0) == 0) return line;
     }
     return "";
 }
@@ -89,6 +90,27 @@ std::string thp_setting(const char* name) {
     const auto open = all.find('['), close = all.find(']');
     return open == std::string::npos || close == std::string::npos ? ""
                                                                    : all.substr(open + 1, close - open - 1);
+}
+
+// True when `make` throws std::invalid_argument whose what() contains every one of `parts`; reports what it saw.
+bool rejects(const std::function<void()>& make, std::initializer_list<std::string> parts) {
+    try {
+        make();
+    } catch (const std::invalid_argument& e) {
+        const std::string what = e.what();
+        for (const auto& part : parts) {
+            if (what.find(part) == std::string::npos) {
+                BOOST_TEST_MESSAGE("message \"" << what << "\" lacks \"" << part << "\"");
+                return false;
+            }
+        }
+        return true;
+    } catch (const std::exception& e) {
+        BOOST_TEST_MESSAGE("threw another exception: " << e.what());
+        return false;
+    }
+    BOOST_TEST_MESSAGE("did not throw");
+    return false;
 }
 
 // Region look-alikes for the concept test: an addressable claim without data() is not a Region.
@@ -161,8 +183,7 @@ BOOST_AUTO_TEST_CASE(buddy_over_a_static_region) {
     const auto lo = addr(buddy->region().data());
     auto all = take_all(*buddy, 0, lo, lo + 24 * page);
     BOOST_TEST(all.size() == 24u);
-    for (void* p : all)
-        buddy->free_pages(p, 0);
+    for (void* p : all) buddy->free_pages(p, 0);
     BOOST_TEST(buddy->nr_free(3) == 3u);
     BOOST_TEST(buddy->check_invariants() == "");
 }
@@ -199,13 +220,11 @@ BOOST_AUTO_TEST_CASE(unaligned_span_uses_only_whole_aligned_pages) {
     BOOST_TEST(distinct.size() == all.size());
     // Fill every page; the bytes before the first page and after the last are untouched.
     std::memset(buffer.data(), 0x77, buffer.size());
-    for (void* p : all)
-        std::memset(p, 0xee, page);
+    for (void* p : all) std::memset(p, 0xee, page);
     BOOST_TEST(std::to_integer<int>(*span.data()) == 0x77);
     BOOST_TEST(std::to_integer<int>(span.back()) == 0x77);
     BOOST_TEST(buddy.check_invariants() == "");
-    for (void* p : all)
-        buddy.free_pages(p, 0);
+    for (void* p : all) buddy.free_pages(p, 0);
     BOOST_TEST(buddy.nr_free_pages() == expected);
     BOOST_TEST(buddy.check_invariants() == "");
 }
@@ -245,6 +264,29 @@ BOOST_AUTO_TEST_CASE(bad_arguments_throw) {
     BOOST_CHECK_THROW(kmem::MemfdRegion(0), std::invalid_argument);
 }
 
+BOOST_AUTO_TEST_CASE(sizes_that_overflow_when_rounded_or_aligned_are_rejected_with_the_size_requested) {
+    // Rounded up to whole pages, SIZE_MAX used to wrap to 0 and fail in mmap with "Invalid argument".
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    const auto sys_page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    BOOST_TEST(rejects([] { kmem::MmapRegion r(max); },
+                       {"kmem: MmapRegion of 18446744073709551615 bytes is too large", "whole pages"}));
+    BOOST_TEST(rejects([&] { kmem::MmapRegion r(max - sys_page + 2); },
+                       {"MmapRegion of " + std::to_string(max - sys_page + 2) + " bytes is too large"}));
+    // Whole pages already, but the padding that aligns the start does not fit.
+    const std::size_t top_pages = max & ~(sys_page - 1);
+    BOOST_TEST(rejects([&] { kmem::MmapRegion r(top_pages, {.alignment = std::size_t{2} << 20}); },
+                       {"MmapRegion of " + std::to_string(top_pages) + " bytes is too large", "2097152"}));
+    BOOST_TEST(rejects([&] { (void)kmem::detail::map_anonymous(top_pages, std::size_t{2} << 20, 0); },
+                       {"too large"}));
+    BOOST_TEST(rejects([] { kmem::MemfdRegion r(max); },
+                       {"kmem: MemfdRegion of 18446744073709551615 bytes is too large", "whole pages"}));
+    // Page-rounded fine, but longer than any file can be (ftruncate used to fail with "Invalid argument").
+    BOOST_TEST(rejects([] { kmem::MemfdRegion r(std::size_t{1} << 63); },
+                       {"MemfdRegion of 9223372036854775808 bytes is too large", "off_t"}));
+    // Large sizes that do fit are still mmap's to refuse: a system_error, not a caller mistake.
+    BOOST_CHECK_THROW(kmem::MmapRegion{top_pages}, std::system_error);
+}
+
 BOOST_AUTO_TEST_CASE(alignment_option_aligns_the_base) {
     for (std::size_t align :
          {std::size_t{1} << 16, std::size_t{2} << 20, std::size_t{4} << 20, std::size_t{64} << 20}) {
@@ -279,8 +321,7 @@ BOOST_AUTO_TEST_CASE(populate_faults_every_page_in) {
     std::vector<unsigned char> vec(bytes / page);
     BOOST_REQUIRE(::mincore(lazy.data(), bytes, vec.data()) == 0);
     std::size_t in = 0;
-    for (unsigned char v : vec)
-        in += v & 1u;
+    for (unsigned char v : vec) in += v & 1u;
     BOOST_TEST(in == 0u);
 }
 
@@ -349,8 +390,7 @@ BOOST_AUTO_TEST_CASE(borrowed_region) {
     // The allocator is gone; the borrowed region is still mapped and keeps its bytes.
     BOOST_TEST(region.data() != nullptr);
     std::size_t count = 0;
-    for (std::size_t i = 0; i < region.size(); ++i)
-        count += std::to_integer<int>(region.data()[i]) == 0x44;
+    for (std::size_t i = 0; i < region.size(); ++i) count += std::to_integer<int>(region.data()[i]) == 0x44;
     BOOST_TEST(count == (page << 8));
 }
 
@@ -371,23 +411,19 @@ BOOST_AUTO_TEST_CASE(metadata_lives_outside_the_region) {
     std::vector<std::pair<void*, unsigned>> blocks;
     for (unsigned order : {9u, 3u, 0u, 10u, 1u, 0u}) {
         for (int k = 0; k < 5; ++k)
-            if (void* p = buddy.get_free_pages(kmem::gfp::kernel, order))
-                blocks.emplace_back(p, order);
+            if (void* p = buddy.get_free_pages(kmem::gfp::kernel, order)) blocks.emplace_back(p, order);
     }
     for (unsigned order = 0; order <= 10; ++order)
-        while (void* p = buddy.get_free_pages(kmem::gfp::kernel, order))
-            blocks.emplace_back(p, order);
+        while (void* p = buddy.get_free_pages(kmem::gfp::kernel, order)) blocks.emplace_back(p, order);
     BOOST_TEST(buddy.nr_free_pages() == 0u);
     std::uint64_t pages = 0;
-    for (auto [p, order] : blocks)
-        pages += std::uint64_t{1} << order;
+    for (auto [p, order] : blocks) pages += std::uint64_t{1} << order;
     BOOST_TEST(pages == buddy.total_pages());
     BOOST_TEST(pages == bytes / page);
     std::memset(region.data(), 0xa5, region.size());
     std::memset(region.data(), 0x00, region.size() / 2); // and again, with another pattern in half of it
     BOOST_TEST(buddy.check_invariants() == "");
-    for (auto [p, order] : blocks)
-        buddy.free_pages(p, order);
+    for (auto [p, order] : blocks) buddy.free_pages(p, order);
     BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
     BOOST_TEST(buddy.nr_free(10) == 2u);
     BOOST_TEST(buddy.check_invariants() == "");
@@ -416,8 +452,7 @@ BOOST_AUTO_TEST_CASE(map_gives_a_second_view_of_the_same_bytes) {
 
 BOOST_AUTO_TEST_CASE(map_fixed_over_a_reserved_range) {
     kmem::MemfdRegion region(8 * page);
-    for (std::size_t i = 0; i < region.size(); ++i)
-        region.data()[i] = static_cast<std::byte>(i / page);
+    for (std::size_t i = 0; i < region.size(); ++i) region.data()[i] = static_cast<std::byte>(i / page);
     // Reserve 4 pages of address space with no access, as VirtualMap would.
     void* at = ::mmap(nullptr, 4 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     BOOST_REQUIRE(at != MAP_FAILED);
@@ -455,11 +490,9 @@ BOOST_AUTO_TEST_CASE(shared_with_a_child_process) {
     BOOST_REQUIRE(child >= 0);
     if (child == 0) {
         // The child writes through the inherited shared mapping and through its own mapping of the fd.
-        for (std::size_t i = 0; i < page; ++i)
-            region.data()[i] = static_cast<std::byte>(i * 7 + 3);
+        for (std::size_t i = 0; i < page; ++i) region.data()[i] = static_cast<std::byte>(i * 7 + 3);
         void* own = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_SHARED, region.fd(), 3 * page);
-        if (own == MAP_FAILED)
-            ::_exit(2);
+        if (own == MAP_FAILED) ::_exit(2);
         std::memcpy(own, "written by the child", 21);
         ::_exit(0);
     }
@@ -533,6 +566,21 @@ BOOST_AUTO_TEST_CASE(sixty_four_gib_of_device_memory_at_a_nonzero_base) {
     BOOST_TEST(buddy.nr_free_pages() == pages);
     BOOST_TEST(buddy.nr_free(10) == pages >> 10);
     BOOST_TEST(buddy.check_invariants() == "");
+}
+
+BOOST_AUTO_TEST_CASE(a_range_that_wraps_past_2_to_the_64_is_rejected) {
+    constexpr std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+    BOOST_TEST(rejects([] { kmem::OffsetRegion r(1 << 20, ~0ull - 99); },
+                       {"kmem: OffsetRegion of 1048576 bytes at base 18446744073709551516 wraps past 2^64"}));
+    BOOST_TEST(rejects([] { kmem::OffsetRegion r(100, max - 99); }, {"wraps"})); // ends at exactly 2^64
+    BOOST_TEST(rejects([] { kmem::OffsetRegion r(max, 1); }, {"wraps"}));
+    BOOST_TEST(rejects([] { kmem::OffsetRegion r(2, max); }, {"wraps"}));
+    // Ranges whose end fits in 64 bits are accepted, and still at compile time.
+    constexpr kmem::OffsetRegion top(100, max - 100);
+    static_assert(top.size() == 100 && top.base() == max - 100);
+    constexpr kmem::OffsetRegion everything(max);
+    static_assert(everything.size() == max && everything.base() == 0);
+    BOOST_CHECK_NO_THROW(kmem::OffsetRegion(0, max));
 }
 
 BOOST_AUTO_TEST_CASE(unaligned_base_uses_whole_pages) {

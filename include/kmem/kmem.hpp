@@ -10,9 +10,14 @@
 #pragma once
 
 #include <kmem/buddy.hpp>
+#include <kmem/free_area.hpp>
 #include <kmem/gfp.hpp>
+#include <kmem/mem_map.hpp>
 #include <kmem/page.hpp>
+#include <kmem/page_api.hpp>
+#include <kmem/pcp_lists.hpp>
 #include <kmem/pmr.hpp>
+#include <kmem/policy/category.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
 #include <kmem/policy/pcp.hpp>

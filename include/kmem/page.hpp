@@ -28,6 +28,10 @@
 
 namespace kmem {
 
+namespace detail {
+struct PageAccess;
+} // namespace detail
+
 /// Page flags (the kernel's PG_* bits that this layer uses).
 enum class PageFlag : std::uint16_t {
     buddy = 1u << 0,    ///< PG_buddy: the first page of a free block on a free list; order() is its order.
@@ -36,7 +40,8 @@ enum class PageFlag : std::uint16_t {
     reserved = 1u << 3, ///< PG_reserved: never handed to the buddy allocator (memblock reservations).
     slab = 1u << 4,     ///< PG_slab: the page belongs to a slab; owner() is the cache.
     block = 1u << 5,    ///< The first page of an allocated block; order() is the order it was allocated with.
-    pcp = 1u << 6,      ///< The first page of a free block held on a per-CPU page list (page->pcp_list); not merged.
+    pcp =
+        1u << 6, ///< The first page of a free block held on a per-CPU page list (page->pcp_list); not merged.
 };
 
 /// The descriptor of one page frame (struct page), at most 16 bytes; lives in a PageTable, never in the region.
@@ -48,7 +53,9 @@ public:
     /// True when flag `f` is set (PageBuddy(), PageHead(), PageTail(), PageReserved(), PageSlab()).
     bool test(PageFlag f) const noexcept { return (flags_ & static_cast<std::uint16_t>(f)) != 0; }
     /// Sets flag `f` (SetPageReserved(), __SetPageSlab() ...).
-    void set(PageFlag f) noexcept { flags_ = static_cast<std::uint16_t>(flags_ | static_cast<std::uint16_t>(f)); }
+    void set(PageFlag f) noexcept {
+        flags_ = static_cast<std::uint16_t>(flags_ | static_cast<std::uint16_t>(f));
+    }
     /// Clears flag `f`.
     void clear(PageFlag f) noexcept {
         flags_ = static_cast<std::uint16_t>(flags_ & ~static_cast<std::uint16_t>(f));
@@ -58,7 +65,9 @@ public:
     /// The order of the block this page heads (buddy_order() for free pages, compound_order() for heads).
     unsigned order() const noexcept { return order_; }
     /// The reference count (page_ref_count()); 0 for free pages.
-    int refcount() const noexcept { return std::atomic_ref<const std::int32_t>(refcount_).load(std::memory_order_relaxed); }
+    int refcount() const noexcept {
+        return std::atomic_ref<const std::int32_t>(refcount_).load(std::memory_order_relaxed);
+    }
     /// The owner slot (page->slab_cache): any 64-bit value, meaningful only while the page is allocated.
     std::uint64_t owner() const noexcept { return (std::uint64_t{hi_} << 32) | lo_; }
     /// Sets the owner slot; only for allocated pages (the slot doubles as the free-list link).
@@ -68,8 +77,7 @@ public:
     }
 
 private:
-    template <unsigned, std::size_t, class...>
-    friend class BuddyAllocator;
+    friend struct detail::PageAccess;
     friend void set_page_refcounted(Page&) noexcept;
     friend void get_page(Page&) noexcept;
     friend bool put_page_testzero(Page&) noexcept;
@@ -97,7 +105,62 @@ inline bool put_page_testzero(Page& p) noexcept {
     return std::atomic_ref<std::int32_t>(p.refcount_).fetch_sub(1, std::memory_order_acq_rel) == 1;
 }
 /// The reference count (page_ref_count).
-inline int page_ref_count(const Page& p) noexcept { return p.refcount(); }
+inline int page_ref_count(const Page& p) noexcept {
+    return p.refcount();
+}
+
+namespace detail {
+
+/// The index of a page descriptor in its table (pfn - first pfn); Page::nil is "no page".  One type for every
+/// list link and every walk, so no layer converts between widths.
+using page_index = std::uint32_t;
+
+/// The allocator layers' access to a descriptor's fields (not part of the API).  Flags are read and written with
+/// relaxed atomics wherever they may change outside the zone lock (per-CPU paths, the preparation of a new
+/// block), because merging under the zone lock reads a neighbouring block's flags; on the machines we target a
+/// relaxed load or store is a plain move.
+struct PageAccess {
+    static std::uint32_t& next(Page& p) noexcept { return p.lo_; }
+    static std::uint32_t next(const Page& p) noexcept { return p.lo_; }
+    static std::uint32_t& prev(Page& p) noexcept { return p.hi_; }
+    static std::uint32_t prev(const Page& p) noexcept { return p.hi_; }
+    static std::uint32_t& head_index(Page& p) noexcept { return p.lo_; }
+    static std::uint32_t head_index(const Page& p) noexcept { return p.lo_; }
+    static void set_order(Page& p, unsigned order) noexcept { p.order_ = static_cast<std::uint8_t>(order); }
+    static void set_flags(Page& p, std::uint16_t f) noexcept {
+        std::atomic_ref<std::uint16_t>(p.flags_).store(f, std::memory_order_relaxed);
+    }
+    static std::uint16_t load_flags(const Page& p) noexcept {
+        return std::atomic_ref<std::uint16_t>(const_cast<std::uint16_t&>(p.flags_))
+            .load(std::memory_order_relaxed);
+    }
+    /// Drops the last reference without a locked instruction when the caller holds the only one: a holder of the
+    /// only reference has no one to race with (get_page needs a reference), so a load and a store suffice.
+    static bool put_testzero(Page& p) noexcept {
+        std::atomic_ref<std::int32_t> ref(p.refcount_);
+        if (ref.load(std::memory_order_acquire) == 1) {
+            ref.store(0, std::memory_order_relaxed);
+            return true;
+        }
+        return ref.fetch_sub(1, std::memory_order_acq_rel) == 1;
+    }
+    static void clear_refcount(Page& p) noexcept {
+        std::atomic_ref<std::int32_t>(p.refcount_).store(0, std::memory_order_relaxed);
+    }
+    static void init_block(Page& p, std::uint16_t f, unsigned order) noexcept {
+        set_flags(p, f);
+        p.order_ = static_cast<std::uint8_t>(order);
+        p.lo_ = 0;
+        p.hi_ = 0;
+    }
+};
+
+/// A PageFlag as a mask.
+constexpr std::uint16_t flag(PageFlag f) noexcept {
+    return static_cast<std::uint16_t>(f);
+}
+
+} // namespace detail
 
 /// The side table of page descriptors for a contiguous range of page frame numbers (the kernel's mem_map).
 /// Memory comes from an anonymous private mapping, so untouched descriptors of a huge range cost nothing.
@@ -106,10 +169,12 @@ class PageTable {
 public:
     /// A table for `count` page frames starting at page frame number `first_pfn`; descriptors start zeroed.
     PageTable(std::uint64_t first_pfn, std::uint64_t count) : first_(first_pfn), count_(count) {
-        if (count >= Page::nil) throw std::length_error("kmem: a page table holds at most 2^32-1 page frames");
+        if (count >= Page::nil)
+            throw std::length_error("kmem: a page table holds at most 2^32-1 page frames");
         bytes_ = static_cast<std::size_t>(count) * sizeof(Page);
         if (bytes_ == 0) return;
-        void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                         -1, 0);
         if (p == MAP_FAILED) throw std::bad_alloc();
         pages_ = static_cast<Page*>(p);
     }
@@ -132,10 +197,15 @@ public:
     /// The descriptor of page frame `pfn` (pfn_to_page); `pfn` must be covered.
     Page& pfn_to_page(std::uint64_t pfn) const noexcept { return pages_[pfn - first_]; }
     /// The page frame number of a descriptor from this table (page_to_pfn).
-    std::uint64_t page_to_pfn(const Page* p) const noexcept { return first_ + static_cast<std::uint64_t>(p - pages_); }
+    std::uint64_t page_to_pfn(const Page* p) const noexcept {
+        return first_ + static_cast<std::uint64_t>(p - pages_);
+    }
     /// True when `p` points into this table.
     bool owns(const Page* p) const noexcept {
-        return p >= pages_ && p < pages_ + count_ && (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(pages_)) % sizeof(Page) == 0;
+        return p >= pages_ && p < pages_ + count_ &&
+               (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(pages_)) %
+                       sizeof(Page) ==
+                   0;
     }
     /// The descriptor at index `i` (pfn - first_pfn()).
     Page& operator[](std::uint64_t i) const noexcept { return pages_[i]; }

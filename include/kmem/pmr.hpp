@@ -3,7 +3,9 @@
 ///
 /// The adapter borrows an allocator that offers the byte interface (try_allocate / deallocate) and turns it
 /// into the standard protocol: allocation failure throws std::bad_alloc, alignment is honoured (or the request
-/// fails), and two resources compare equal only when they are the same object.
+/// fails), and two resources compare equal only when they are the same object.  An alignment that is not a power
+/// of two is a caller mistake: it is reported as ErrorKind::bad_alignment through the allocator's error policy,
+/// and allocate() then throws std::bad_alloc (deallocate() frees nothing).
 ///
 /// @code
 ///   kmem::BuddyAllocator<10, 4096, kmem::MmapRegion> buddy(kmem::MmapRegion(16 << 20));
@@ -14,10 +16,14 @@
 #pragma once
 
 #include <kmem/gfp.hpp>
+#include <kmem/policy/error.hpp>
 
+#include <bit>
 #include <cstddef>
 #include <memory_resource>
 #include <new>
+#include <string>
+#include <string_view>
 
 namespace kmem {
 
@@ -31,8 +37,13 @@ concept ByteAllocator = requires(A& a, F flags, void* p, std::size_t n) {
 
 /// A std::pmr::memory_resource over a borrowed kmem allocator, allocating with GFP flags `Flags`
 /// (gfp::kernel by default); the allocator must outlive the resource.
+///
+/// An alignment that is not a power of two (std::pmr requires one) is reported as a kmem::UsageError of kind
+/// ErrorKind::bad_alignment to the allocator's error policy (its error_policy(); policy::AssertOnError for an
+/// allocator without one).  When the policy returns (policy::CallbackOnError), allocate() throws std::bad_alloc
+/// and deallocate() leaves the memory alone rather than free a block of a guessed size.
 template <class Alloc, class Flags = gfp::type<gfp::kernel>>
-    requires ByteAllocator<Alloc, Flags>
+requires ByteAllocator<Alloc, Flags>
 class MemoryResource final : public std::pmr::memory_resource {
 public:
     /// Borrows `alloc`.
@@ -42,12 +53,37 @@ public:
 
 private:
     void* do_allocate(std::size_t bytes, std::size_t align) override {
+        if (!std::has_single_bit(align)) {
+            report_bad_alignment("do_allocate", bytes, align, "nothing was allocated");
+            throw std::bad_alloc(); // the policy returned: pmr has no null result
+        }
         void* p = alloc_->try_allocate(Flags{}, bytes, align);
         if (p == nullptr) throw std::bad_alloc();
         return p;
     }
-    void do_deallocate(void* p, std::size_t bytes, std::size_t align) override { alloc_->deallocate(p, bytes, align); }
-    bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override { return this == &other; }
+    void do_deallocate(void* p, std::size_t bytes, std::size_t align) override {
+        if (!std::has_single_bit(align)) {
+            // The block's order follows from the alignment; with a wrong one, freeing would free a wrong order.
+            report_bad_alignment("do_deallocate", bytes, align, "nothing was freed");
+            return;
+        }
+        alloc_->deallocate(p, bytes, align);
+    }
+    bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+        return this == &other;
+    }
+
+    // Hands ErrorKind::bad_alignment to the allocator's error policy (AssertOnError when it has none).
+    void report_bad_alignment(std::string_view operation, std::size_t bytes, std::size_t align,
+                              const char* outcome) const {
+        const UsageError e{ErrorKind::bad_alignment, operation,
+                           "The alignment " + std::to_string(align) + " given for " + std::to_string(bytes) +
+                               " bytes is not a power of two, as std::pmr requires; " + outcome + "."};
+        if constexpr (requires(Alloc & a) { a.error_policy().on_error(e); })
+            alloc_->error_policy().on_error(e);
+        else
+            policy::AssertOnError{}.on_error(e);
+    }
 
     Alloc* alloc_;
 };

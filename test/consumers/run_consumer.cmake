@@ -2,7 +2,7 @@
 #   cmake -DMODE=install|cmake|pkg_config -DCXX=... -DGENERATOR=... -DBUILD_TYPE=...
 #         -DKMEM_SOURCE_DIR=... -DKMEM_BINARY_DIR=... -DPREFIX=...
 #         -DCONSUMER_DIR=... -DWORK_DIR=... -P run_consumer.cmake
-cmake_minimum_required(VERSION 3.21)
+cmake_minimum_required(VERSION 3.25)
 
 function(step what)
     message(STATUS "[consumer] ${what}: ${ARGN}")

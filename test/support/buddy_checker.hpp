@@ -15,6 +15,8 @@
 /// - check_shadow_allocated(a, shadow): every live block of the shadow is allocated in `a`, neither on a free
 ///   list nor on a per-CPU list.
 /// - expect_consistent(a [, shadow]): all of the above as Boost.Test assertions.
+/// - buddyinfo_line(counts): the /proc/buddyinfo line buddyinfo() must print for those per-order counts;
+///   parked_blocks(a): the blocks on per-CPU lists, by walking the page flags.
 ///
 /// @code
 ///   kmem::test::ShadowModel shadow;
@@ -30,9 +32,11 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <iterator>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kmem::test {
@@ -41,17 +45,20 @@ namespace kmem::test {
 /// other type, including allocators that have no `has_pcp` member at all.
 template <class A>
 constexpr bool has_pcp_lists() noexcept {
-    if constexpr (requires { A::has_pcp; }) return static_cast<bool>(A::has_pcp);
-    else return false;
+    if constexpr (requires { A::has_pcp; })
+        return static_cast<bool>(A::has_pcp);
+    else
+        return false;
 }
 
 /// Free blocks per order and the page totals as seen from outside the allocator.
 struct OutsideView {
-    std::vector<std::uint64_t> nr_free; ///< Free blocks per order (on the free lists), counted by walking the page frames.
-    std::uint64_t free_pages = 0;       ///< Pages in free blocks on the free lists (PG_buddy heads).
-    std::uint64_t pcp_pages = 0;        ///< Pages in free blocks parked on per-CPU page lists (PageFlag::pcp heads).
-    std::uint64_t used_pages = 0;       ///< Pages in allocated blocks.
-    std::string error;                  ///< The first violation found; empty when none.
+    std::vector<std::uint64_t>
+        nr_free; ///< Free blocks per order (on the free lists), counted by walking the page frames.
+    std::uint64_t free_pages = 0; ///< Pages in free blocks on the free lists (PG_buddy heads).
+    std::uint64_t pcp_pages = 0; ///< Pages in free blocks parked on per-CPU page lists (PageFlag::pcp heads).
+    std::uint64_t used_pages = 0; ///< Pages in allocated blocks.
+    std::string error;            ///< The first violation found; empty when none.
 };
 
 /// Walks every block of `a` through pfn_to_page() and the page flags (never through check_invariants())
@@ -73,12 +80,14 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
             fail("pfn_to_page(" + std::to_string(pfn) + ") is null inside the managed range");
             break;
         }
-        if (a.page_to_pfn(p) != pfn) fail("page_to_pfn(pfn_to_page(" + std::to_string(pfn) + ")) does not round-trip");
+        if (a.page_to_pfn(p) != pfn)
+            fail("page_to_pfn(pfn_to_page(" + std::to_string(pfn) + ")) does not round-trip");
         const unsigned k = p->order();
         const std::uint64_t len = std::uint64_t{1} << k;
         const std::string at = "pfn " + std::to_string(pfn);
         if (k > A::max_order) fail(at + " has order " + std::to_string(k) + " above MaxOrder");
-        if (pfn + len > end) fail(at + " heads a block of order " + std::to_string(k) + " that runs past the range");
+        if (pfn + len > end)
+            fail(at + " heads a block of order " + std::to_string(k) + " that runs past the range");
         if (!v.error.empty()) break;
         const bool is_free = p->test(PageFlag::buddy);
         const bool is_pcp = p->test(PageFlag::pcp);
@@ -88,25 +97,28 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
                 fail(at + " carries the per-CPU list flag but the allocator has no per-CPU lists");
             } else {
                 if (p->flags() != static_cast<std::uint16_t>(PageFlag::pcp))
-                    fail(at + ": block on a per-CPU list has other flags too (" + std::to_string(p->flags()) + ")");
+                    fail(at + ": block on a per-CPU list has other flags too (" + std::to_string(p->flags()) +
+                         ")");
                 if (k > A::pcp_max_order)
-                    fail(at + ": block of order " + std::to_string(k) + " on a per-CPU list, above pcp_max_order " +
-                         std::to_string(A::pcp_max_order));
+                    fail(at + ": block of order " + std::to_string(k) +
+                         " on a per-CPU list, above pcp_max_order " + std::to_string(A::pcp_max_order));
                 if (pfn % len != 0)
                     fail(at + ": per-CPU block of order " + std::to_string(k) + " is not naturally aligned");
-                if (p->refcount() != 0) fail(at + ": per-CPU block has refcount " + std::to_string(p->refcount()));
+                if (p->refcount() != 0)
+                    fail(at + ": per-CPU block has refcount " + std::to_string(p->refcount()));
                 // Not merged on purpose: its buddy may be free (PG_buddy) or on a per-CPU list too.
                 for (std::uint64_t q = pfn + 1; a.total_pages() <= inner_limit && q < pfn + len; ++q)
                     if (a.pfn_to_page(q)->flags() != 0) {
-                        fail("pfn " + std::to_string(q) + " inside the per-CPU block at " + at + " has flags " +
-                             std::to_string(a.pfn_to_page(q)->flags()));
+                        fail("pfn " + std::to_string(q) + " inside the per-CPU block at " + at +
+                             " has flags " + std::to_string(a.pfn_to_page(q)->flags()));
                         break;
                     }
             }
             v.pcp_pages += len;
         } else if (is_free) {
             if (p->test(PageFlag::block)) fail(at + " is both a free and an allocated block");
-            if (pfn % len != 0) fail(at + ": free block of order " + std::to_string(k) + " is not naturally aligned");
+            if (pfn % len != 0)
+                fail(at + ": free block of order " + std::to_string(k) + " is not naturally aligned");
             if (p->refcount() != 0) fail(at + ": free block has refcount " + std::to_string(p->refcount()));
             if (k < A::max_order) { // two buddies never both on the free lists: they would have merged
                 const std::uint64_t bud = pfn ^ len;
@@ -124,10 +136,12 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
             ++v.nr_free[k];
             v.free_pages += len;
         } else if (p->test(PageFlag::block)) {
-            if (p->refcount() <= 0) fail(at + ": allocated block has refcount " + std::to_string(p->refcount()));
+            if (p->refcount() <= 0)
+                fail(at + ": allocated block has refcount " + std::to_string(p->refcount()));
             v.used_pages += len;
         } else {
-            fail(at + " is neither a free block (PG_buddy), a block on a per-CPU list nor an allocated block");
+            fail(at +
+                 " is neither a free block (PG_buddy), a block on a per-CPU list nor an allocated block");
         }
         pfn += len;
     }
@@ -141,12 +155,12 @@ OutsideView walk_from_outside(const A& a, std::uint64_t inner_limit = std::uint6
                  std::to_string(v.free_pages));
         if constexpr (has_pcp_lists<A>()) {
             if (v.pcp_pages != a.nr_pcp_pages())
-                fail("nr_pcp_pages() is " + std::to_string(a.nr_pcp_pages()) + " but the per-CPU blocks hold " +
-                     std::to_string(v.pcp_pages));
+                fail("nr_pcp_pages() is " + std::to_string(a.nr_pcp_pages()) +
+                     " but the per-CPU blocks hold " + std::to_string(v.pcp_pages));
         }
         if (v.free_pages + v.pcp_pages + v.used_pages != a.total_pages())
-            fail("free " + std::to_string(v.free_pages) + " + per-CPU " + std::to_string(v.pcp_pages) + " + used " +
-                 std::to_string(v.used_pages) + " != total " + std::to_string(a.total_pages()));
+            fail("free " + std::to_string(v.free_pages) + " + per-CPU " + std::to_string(v.pcp_pages) +
+                 " + used " + std::to_string(v.used_pages) + " != total " + std::to_string(a.total_pages()));
     }
     return v;
 }
@@ -206,7 +220,8 @@ public:
         bool any = false;
         std::uint64_t sum = 0;
         for (const auto& [pfn, pages] : blocks_) {
-            if (any && pfn < end) return "live block at pfn " + std::to_string(pfn) + " overlaps the previous one";
+            if (any && pfn < end)
+                return "live block at pfn " + std::to_string(pfn) + " overlaps the previous one";
             end = pfn + pages;
             any = true;
             sum += pages;
@@ -232,7 +247,8 @@ std::string check_shadow_allocated(const A& a, const ShadowModel& shadow) {
     for (const auto& [pfn, pages] : shadow.blocks()) {
         const Page* head = a.pfn_to_page(pfn);
         if (head == nullptr) return "live block at pfn " + std::to_string(pfn) + " is outside the allocator";
-        if (head->test(PageFlag::buddy)) return "live block at pfn " + std::to_string(pfn) + " is on a free list";
+        if (head->test(PageFlag::buddy))
+            return "live block at pfn " + std::to_string(pfn) + " is on a free list";
         if (head->test(PageFlag::pcp))
             return "live block at pfn " + std::to_string(pfn) + " is on a per-CPU page list";
         if (!head->test(PageFlag::block) && !head->test(PageFlag::tail) && !head->test(PageFlag::head)) {
@@ -245,7 +261,8 @@ std::string check_shadow_allocated(const A& a, const ShadowModel& shadow) {
                 if (hp->order() >= k && hp->test(PageFlag::buddy))
                     return "live block at pfn " + std::to_string(pfn) + " lies inside a free block";
                 if (hp->order() >= k && hp->test(PageFlag::pcp))
-                    return "live block at pfn " + std::to_string(pfn) + " lies inside a block on a per-CPU page list";
+                    return "live block at pfn " + std::to_string(pfn) +
+                           " lies inside a block on a per-CPU page list";
                 if (hp->order() >= k && hp->test(PageFlag::block)) inside_allocated = true;
             }
             if (!inside_allocated) return "live block at pfn " + std::to_string(pfn) + " is not allocated";
@@ -264,8 +281,10 @@ void expect_consistent(const A& a) {
 /// Pages on the per-CPU lists of `a` (nr_pcp_pages()), or 0 for an allocator without them.
 template <class A>
 std::uint64_t pcp_pages_of(const A& a) {
-    if constexpr (has_pcp_lists<A>()) return a.nr_pcp_pages();
-    else return 0;
+    if constexpr (has_pcp_lists<A>())
+        return a.nr_pcp_pages();
+    else
+        return 0;
 }
 
 /// expect_consistent(a) plus the shadow: no overlap, every live block allocated, and
@@ -287,7 +306,8 @@ inline std::vector<std::uint64_t> expected_initial_nr_free(std::uint64_t first, 
     const std::uint64_t end = first + count;
     while (pfn < end) {
         unsigned k = 0;
-        while (k < max_order && pfn % (std::uint64_t{2} << k) == 0 && pfn + (std::uint64_t{2} << k) <= end) ++k;
+        while (k < max_order && pfn % (std::uint64_t{2} << k) == 0 && pfn + (std::uint64_t{2} << k) <= end)
+            ++k;
         ++out[k];
         pfn += std::uint64_t{1} << k;
     }
@@ -324,5 +344,36 @@ struct Snapshot {
         BOOST_TEST(check_from_outside(a) == "");
     }
 };
+
+/// The buddyinfo() line for the given per-order free block counts: "Node 0, zone   Normal      4 ..." then a
+/// newline, as /proc/buddyinfo prints it.
+inline std::string buddyinfo_line(const std::vector<unsigned>& counts, const char* zone = "Normal",
+                                  int node = 0) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "Node %d, zone %8s ", node, zone);
+    std::string s = buf;
+    for (unsigned c : counts) {
+        std::snprintf(buf, sizeof buf, "%6u ", c);
+        s += buf;
+    }
+    return s + "\n";
+}
+
+/// Blocks parked on per-CPU lists as (index, order) pairs, index = pfn - first pfn, in address order.
+using Parked = std::vector<std::pair<std::uint64_t, unsigned>>;
+
+/// The blocks of `a` parked on per-CPU lists (PageFlag::pcp heads), found by walking the page flags; empty for an
+/// allocator without the lists.  Not for use while other threads allocate or free.
+template <class A>
+Parked parked_blocks(const A& a) {
+    Parked out;
+    const std::uint64_t first = a.page_table().first_pfn();
+    for (std::uint64_t i = 0; i < a.total_pages();) {
+        const Page* p = a.pfn_to_page(first + i);
+        if (p->test(PageFlag::pcp)) out.emplace_back(i, p->order());
+        i += std::uint64_t{1} << p->order();
+    }
+    return out;
+}
 
 } // namespace kmem::test

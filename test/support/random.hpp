@@ -62,12 +62,16 @@ public:
     /// A number in [0, n) (n > 0); the modulo bias is negligible for the small n tests use.
     constexpr std::uint64_t below(std::uint64_t n) noexcept { return (*this)() % n; }
     /// A number in [lo, hi] (inclusive).
-    constexpr std::uint64_t between(std::uint64_t lo, std::uint64_t hi) noexcept { return lo + below(hi - lo + 1); }
+    constexpr std::uint64_t between(std::uint64_t lo, std::uint64_t hi) noexcept {
+        return lo + below(hi - lo + 1);
+    }
     /// True with probability `percent` / 100.
     constexpr bool percent(unsigned percent) noexcept { return below(100) < percent; }
 
 private:
-    static constexpr std::uint64_t rotl(std::uint64_t x, int k) noexcept { return (x << k) | (x >> (64 - k)); }
+    static constexpr std::uint64_t rotl(std::uint64_t x, int k) noexcept {
+        return (x << k) | (x >> (64 - k));
+    }
     std::uint64_t s_[4]{};
 };
 

@@ -14,6 +14,8 @@
 /// @endcode
 #pragma once
 
+#include <kmem/policy/category.hpp>
+
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -26,33 +28,47 @@ namespace kmem {
 
 /// The kind of caller mistake an allocator detected.
 enum class ErrorKind {
-    out_of_region,    ///< The address or page is not inside the allocator's region.
-    misaligned,       ///< The address is not aligned to a page.
-    not_block_start,  ///< The page is inside an allocated block but is not its first page.
-    wrong_order,      ///< The order given to free does not match the order allocated.
-    double_free,      ///< The block is already free.
-    order_too_large,  ///< The order exceeds the allocator's MaxOrder.
-    invalid_gfp,      ///< The runtime GFP flags break a rule (see gfp::Problem) or cannot be honoured.
-    nofail_failed,    ///< A __GFP_NOFAIL request could not be satisfied and this layer cannot reclaim.
-    bad_refcount,     ///< put_page on a page whose reference count is already zero.
-    not_addressable,  ///< A host-address operation on a region that holds no host memory.
-    bad_alignment,    ///< The requested alignment is not a power of two (or is more than the allocator can give).
+    out_of_region,   ///< The address or page is not inside the allocator's region.
+    misaligned,      ///< The address is not aligned to a page.
+    not_block_start, ///< The page is inside an allocated block but is not its first page.
+    wrong_order,     ///< The order given to free does not match the order allocated.
+    double_free,     ///< The block is already free.
+    order_too_large, ///< The order exceeds the allocator's MaxOrder.
+    invalid_gfp,     ///< The runtime GFP flags break a rule (see gfp::Problem) or cannot be honoured.
+    nofail_failed,   ///< A __GFP_NOFAIL request could not be satisfied and this layer cannot reclaim.
+    bad_refcount,    ///< get_page or put_page on a page that holds no reference (a free page).
+    not_addressable, ///< A host-address operation on a region that holds no host memory.
+    bad_alignment, ///< The requested alignment is not a power of two (or is more than the allocator can give).
+    bad_parameter, ///< A tuning parameter is out of range (e.g. per-CPU list batch and high).
 };
 
 /// A short name for an ErrorKind ("double free", "wrong order", ...).
 constexpr std::string_view to_string(ErrorKind k) noexcept {
     switch (k) {
-    case ErrorKind::out_of_region: return "address outside the region";
-    case ErrorKind::misaligned: return "misaligned address";
-    case ErrorKind::not_block_start: return "not the start of an allocated block";
-    case ErrorKind::wrong_order: return "wrong order";
-    case ErrorKind::double_free: return "double free";
-    case ErrorKind::order_too_large: return "order above MaxOrder";
-    case ErrorKind::invalid_gfp: return "invalid GFP flags";
-    case ErrorKind::nofail_failed: return "__GFP_NOFAIL allocation failed";
-    case ErrorKind::bad_refcount: return "reference count underflow";
-    case ErrorKind::not_addressable: return "region is not addressable";
-    case ErrorKind::bad_alignment: return "bad alignment";
+    case ErrorKind::out_of_region:
+        return "address outside the region";
+    case ErrorKind::misaligned:
+        return "misaligned address";
+    case ErrorKind::not_block_start:
+        return "not the start of an allocated block";
+    case ErrorKind::wrong_order:
+        return "wrong order";
+    case ErrorKind::double_free:
+        return "double free";
+    case ErrorKind::order_too_large:
+        return "order above MaxOrder";
+    case ErrorKind::invalid_gfp:
+        return "invalid GFP flags";
+    case ErrorKind::nofail_failed:
+        return "__GFP_NOFAIL allocation failed";
+    case ErrorKind::bad_refcount:
+        return "reference count underflow";
+    case ErrorKind::not_addressable:
+        return "region is not addressable";
+    case ErrorKind::bad_alignment:
+        return "bad alignment";
+    case ErrorKind::bad_parameter:
+        return "parameter out of range";
     }
     return "unknown error";
 }
@@ -69,7 +85,8 @@ class bad_usage : public std::invalid_argument {
 public:
     /// Wraps `e`; what() returns its message prefixed with the operation.
     explicit bad_usage(UsageError e)
-        : std::invalid_argument("kmem: " + std::string(e.operation) + ": " + e.message), error_(std::move(e)) {}
+        : std::invalid_argument("kmem: " + std::string(e.operation) + ": " + e.message),
+          error_(std::move(e)) {}
     /// The detected mistake.
     const UsageError& error() const noexcept { return error_; }
 
@@ -90,10 +107,14 @@ namespace policy {
 
 /// Satisfied by error policies: on_error(const UsageError&) is called for every detected mistake.
 template <class P>
-concept ErrorPolicy = requires(P& p, const UsageError& e) { p.on_error(e); };
+concept ErrorPolicy = requires(P& p, const UsageError& e) {
+    p.on_error(e);
+};
 
 /// Prints the error to stderr and aborts, like the kernel's BUG(); the default policy.
 struct AssertOnError {
+    /// This is a error policy.
+    using policy_category = error_policy_tag;
     /// Prints "kmem: <operation>: <kind>: <message>" (the kind as to_string(ErrorKind) names it, e.g.
     /// "double free") and calls std::abort().
     [[noreturn]] void on_error(const UsageError& e) const noexcept {
@@ -104,6 +125,8 @@ struct AssertOnError {
 
 /// Throws kmem::bad_usage; the allocator is unchanged when the exception leaves it.
 struct ThrowOnError {
+    /// This is a error policy.
+    using policy_category = error_policy_tag;
     /// Throws kmem::bad_usage(e).
     [[noreturn]] void on_error(const UsageError& e) const { throw bad_usage(e); }
 };
@@ -111,6 +134,8 @@ struct ThrowOnError {
 /// Calls a user callback (by default: print to stderr, like WARN()) and lets the caller go on.
 class CallbackOnError {
 public:
+    /// This is a error policy.
+    using policy_category = error_policy_tag;
     /// The callback type.
     using Callback = std::function<void(const UsageError&)>;
     /// Replaces the callback; an empty callback restores the default (print to stderr).

@@ -13,6 +13,8 @@
 /// @endcode
 #pragma once
 
+#include <kmem/policy/category.hpp>
+
 #include <atomic>
 #include <concepts>
 #include <mutex>
@@ -29,6 +31,8 @@ concept LockPolicy = requires(L& l) {
 
 /// No locking: the allocator is used by one thread at a time (the caller's responsibility).
 struct NoLock {
+    /// This is a lock policy.
+    using policy_category = lock_policy_tag;
     /// Nothing is held, so nothing forbids sleeping.
     static constexpr bool may_sleep = true;
     /// Does nothing.
@@ -42,6 +46,8 @@ struct NoLock {
 /// A test-and-test-and-set spin lock (spinlock_t); holders must not sleep, so sleeping GFP flags are rejected.
 class SpinLock {
 public:
+    /// This is a lock policy.
+    using policy_category = lock_policy_tag;
     /// A spin lock holder may not sleep.
     static constexpr bool may_sleep = false;
     /// Spins until the lock is acquired (spin_lock).
@@ -56,7 +62,9 @@ public:
         }
     }
     /// Releases the lock (spin_unlock).
-    void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+    void unlock() noexcept {
+        locked_.store(false, std::memory_order_release);
+    }
     /// Takes the lock if it is free, without spinning (spin_trylock); true when taken.
     bool try_lock() noexcept {
         return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
@@ -69,6 +77,8 @@ private:
 /// A sleeping mutex (struct mutex); holders may sleep.
 class MutexLock {
 public:
+    /// This is a lock policy.
+    using policy_category = lock_policy_tag;
     /// A mutex holder may sleep.
     static constexpr bool may_sleep = true;
     /// Blocks until the mutex is acquired (mutex_lock).

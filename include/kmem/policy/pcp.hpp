@@ -22,14 +22,20 @@
 /// @endcode
 #pragma once
 
+#include <kmem/policy/category.hpp>
+
 namespace kmem::policy {
 
 /// Per-CPU page lists for orders 0..MaxOrder (struct per_cpu_pages); Batch and High in pages, 0 = computed.
 template <unsigned Batch = 0, unsigned High = 0, unsigned MaxOrder = 3>
 struct PerCpuPages {
-    static_assert(Batch == 0 || High == 0 || High >= Batch,
-                  "PerCpuPages' High must be at least its Batch, or a list would give back pages it just took.");
-    static_assert(MaxOrder <= 8, "PerCpuPages caches orders up to 8 at most (the kernel caches up to order 3).");
+    /// This is a pcp policy.
+    using policy_category = pcp_policy_tag;
+    static_assert(
+        Batch == 0 || High == 0 || High >= Batch,
+        "PerCpuPages' High must be at least its Batch, or a list would give back pages it just took.");
+    static_assert(MaxOrder <= 8,
+                  "PerCpuPages caches orders up to 8 at most (the kernel caches up to order 3).");
     /// Pages moved between a list and the free lists at a time (pcp->batch); 0 = computed from the zone size.
     static constexpr unsigned batch = Batch;
     /// Pages a CPU's lists may hold before `batch` pages go back (pcp->high); 0 = 6 * batch.

@@ -12,6 +12,8 @@
 /// @endcode
 #pragma once
 
+#include <kmem/policy/category.hpp>
+
 #include <kmem/gfp.hpp>
 
 namespace kmem::policy {
@@ -19,12 +21,16 @@ namespace kmem::policy {
 /// Declares the zone an allocator manages (ZONE_NORMAL when no InZone policy is given).
 template <ZoneType Z>
 struct InZone {
+    /// This is a zone policy.
+    using policy_category = zone_policy_tag;
     /// The zone.
     static constexpr ZoneType zone = Z;
 };
 
 /// True when a request whose flags allow zones up to `requested` (gfp_zone()) may be served from zone `have`:
 /// the kernel's zonelists fall back from the requested zone to lower zones, never to higher ones.
-constexpr bool zone_serves(ZoneType have, ZoneType requested) noexcept { return have <= requested; }
+constexpr bool zone_serves(ZoneType have, ZoneType requested) noexcept {
+    return have <= requested;
+}
 
 } // namespace kmem::policy

@@ -1,0 +1,221 @@
+/// @file
+/// Reports of the page allocators (not part of the API): the diagnosis of a caller mistake, the /proc/buddyinfo
+/// line, and the allocation-failure report (warn_alloc).
+///
+/// Reports are built in two steps so that no formatting, stream or user callback ever runs under an allocator's
+/// lock: under the lock the allocator records a small value (a Diagnosis: what, which operation, a few numbers;
+/// or a FailureSnapshot of the counters), and after releasing it turns the value into text and hands it to the
+/// error policy or the warning stream.
+#pragma once
+
+#include <kmem/gfp.hpp>
+#include <kmem/policy/error.hpp>
+
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+namespace kmem::detail {
+
+/// The shapes of caller mistake a page allocator diagnoses; each maps to one ErrorKind and one sentence.
+enum class Misuse : std::uint8_t {
+    none,         ///< No mistake.
+    foreign_page, ///< A descriptor that is not in this allocator's table.
+    address_unaligned,
+    address_outside,
+    offset_outside, ///< a = offset, b = region size.
+    offset_unaligned,
+    offset_unmanaged,
+    not_allocated,    ///< get_page on a page that is not allocated: a = pfn.
+    split_compound,   ///< a = pfn.
+    order_above_max,  ///< a = order, b = MaxOrder, c = pfn.
+    wrong_order,      ///< a = pfn, b = allocated order, c = order given.
+    bad_refcount,     ///< a = pfn, b = reference count (as signed).
+    already_free,     ///< a = pfn, b = order.
+    already_free_pcp, ///< a = pfn, b = order.
+    put_free,         ///< put_page on a free block: a = pfn, b = order, c = 1 when on a per-CPU list.
+    put_inside_free, ///< put_page on a page inside a free block: a = pfn, b = order, c = head pfn, d = 1 on a pcp list.
+    tail_page,       ///< a = pfn, b = head pfn.
+    inside_free,     ///< a = pfn, b = order, c = head pfn, d = 1 when on a per-CPU list.
+    inside_block,    ///< a = pfn, b = order, c = head pfn.
+    not_block_start, ///< a = pfn.
+    exact_past_end,  ///< a = bytes, b = pfn.
+    nofail_order,    ///< a = order.
+    nofail_failed,   ///< a = order.
+    pcp_parameters,  ///< a = batch, b = high.
+};
+
+/// A caller mistake recorded under a lock and reported after it: what, in which operation, and its numbers.
+struct Diagnosis {
+    Misuse what = Misuse::none;               ///< The mistake, or none.
+    std::string_view op;                      ///< The operation that found it ("free_pages").
+    std::uint64_t a = 0, b = 0, c = 0, d = 0; ///< The numbers the sentence needs (see Misuse).
+    std::uint64_t page_size = 0;              ///< For the alignment sentences.
+    /// True when there is a mistake to report.
+    explicit operator bool() const noexcept { return what != Misuse::none; }
+};
+
+/// The ErrorKind a diagnosis is reported as.
+constexpr ErrorKind kind_of(Misuse m) noexcept {
+    switch (m) {
+    case Misuse::foreign_page:
+    case Misuse::address_outside:
+    case Misuse::offset_outside:
+    case Misuse::offset_unmanaged:
+    case Misuse::exact_past_end:
+        return ErrorKind::out_of_region;
+    case Misuse::address_unaligned:
+    case Misuse::offset_unaligned:
+        return ErrorKind::misaligned;
+    case Misuse::not_allocated:
+    case Misuse::bad_refcount:
+    case Misuse::put_free:
+    case Misuse::put_inside_free:
+        return ErrorKind::bad_refcount;
+    case Misuse::split_compound:
+    case Misuse::tail_page:
+    case Misuse::inside_block:
+    case Misuse::not_block_start:
+        return ErrorKind::not_block_start;
+    case Misuse::order_above_max:
+        return ErrorKind::order_too_large;
+    case Misuse::wrong_order:
+        return ErrorKind::wrong_order;
+    case Misuse::already_free:
+    case Misuse::already_free_pcp:
+    case Misuse::inside_free:
+        return ErrorKind::double_free;
+    case Misuse::nofail_order:
+        return ErrorKind::invalid_gfp;
+    case Misuse::nofail_failed:
+        return ErrorKind::nofail_failed;
+    case Misuse::pcp_parameters:
+        return ErrorKind::bad_parameter;
+    case Misuse::none:
+        break;
+    }
+    return ErrorKind::bad_parameter;
+}
+
+/// `v` in lower-case hexadecimal without a prefix.
+inline std::string hex(std::uint64_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+/// The sentence of a diagnosis (built after the lock is released).
+inline std::string describe(const Diagnosis& d) {
+    using std::to_string;
+    const std::string pfn = "pfn " + to_string(d.a);
+    switch (d.what) {
+    case Misuse::foreign_page:
+        return "the page descriptor does not belong to this allocator";
+    case Misuse::address_unaligned:
+        return "address 0x" + hex(d.a) + " is not aligned to the page size " + to_string(d.page_size);
+    case Misuse::address_outside:
+        return "address 0x" + hex(d.a) + " is outside the region managed by this allocator";
+    case Misuse::offset_outside:
+        return "offset " + to_string(d.a) + " is outside the region of " + to_string(d.b) + " bytes";
+    case Misuse::offset_unaligned:
+        return "offset " + to_string(d.a) + " is not aligned to the page size " + to_string(d.page_size);
+    case Misuse::offset_unmanaged:
+        return "offset " + to_string(d.a) + " is outside the region managed by this allocator";
+    case Misuse::not_allocated:
+        return pfn + " is not allocated";
+    case Misuse::split_compound:
+        return "cannot split the compound page at " + pfn + "; free it whole";
+    case Misuse::order_above_max:
+        return "order " + to_string(d.a) + " is above MaxOrder " + to_string(d.b) + " (pfn " +
+               to_string(d.c) + ")";
+    case Misuse::wrong_order:
+        return pfn + " was allocated with order " + to_string(d.b) + " but is freed with order " +
+               to_string(d.c);
+    case Misuse::bad_refcount:
+        return pfn + " has reference count " + std::to_string(static_cast<std::int64_t>(d.b));
+    case Misuse::already_free:
+        return pfn + " is already free (a free block of order " + to_string(d.b) + ")";
+    case Misuse::already_free_pcp:
+        return pfn + " is already free (an order-" + to_string(d.b) + " block held on a per-CPU page list)";
+    case Misuse::put_free:
+        return pfn + " is free (an order-" + to_string(d.b) + " block" +
+               (d.c != 0 ? " held on a per-CPU page list" : "") + "): its reference count is already zero";
+    case Misuse::put_inside_free:
+        return pfn + " is free (inside the free block of order " + to_string(d.b) + " at pfn " +
+               to_string(d.c) + (d.d != 0 ? ", held on a per-CPU page list" : "") +
+               "): its reference count is already zero";
+    case Misuse::tail_page:
+        return pfn + " is a tail page of the compound page at pfn " + to_string(d.b);
+    case Misuse::inside_free:
+        return pfn + " is already free (inside the free block of order " + to_string(d.b) + " at pfn " +
+               to_string(d.c) + (d.d != 0 ? ", held on a per-CPU page list)" : ")");
+    case Misuse::inside_block:
+        return pfn + " is inside the block of order " + to_string(d.b) + " allocated at pfn " +
+               to_string(d.c);
+    case Misuse::not_block_start:
+        return pfn + " does not start an allocated block";
+    case Misuse::exact_past_end:
+        return to_string(d.a) + " bytes at pfn " + to_string(d.b) + " run past the region";
+    case Misuse::nofail_order:
+        return "gfp::nofail is only supported up to order 1; order " + to_string(d.a) + " was asked";
+    case Misuse::nofail_failed:
+        return "a gfp::nofail request of order " + to_string(d.a) +
+               " found no free block and this layer has nothing to reclaim";
+    case Misuse::pcp_parameters:
+        return "per-CPU lists need 1 <= batch <= high (got batch " + to_string(d.a) + ", high " +
+               to_string(d.b) + ")";
+    case Misuse::none:
+        break;
+    }
+    return {};
+}
+
+/// Hands a diagnosis to an error policy as a UsageError (after every lock is released).
+template <class ErrorPolicy>
+void report(ErrorPolicy& policy, const Diagnosis& d) {
+    policy.on_error(UsageError{kind_of(d.what), d.op, describe(d)});
+}
+
+/// A zone's line in /proc/buddyinfo: `Node 0, zone   Normal` and the free block count of every order.
+template <std::size_t N>
+std::string buddyinfo_line(int node, ZoneType zone, const std::array<std::uint64_t, N>& nr_free) {
+    char buf[64];
+    const std::string_view name = zone_name(zone);
+    std::snprintf(buf, sizeof buf, "Node %d, zone %8.*s ", node, static_cast<int>(name.size()), name.data());
+    std::string out = buf;
+    for (const std::uint64_t n : nr_free) {
+        std::snprintf(buf, sizeof buf, "%6llu ", static_cast<unsigned long long>(n));
+        out += buf;
+    }
+    out += '\n';
+    return out;
+}
+
+/// The counters an allocation-failure report prints, copied under the lock.
+template <unsigned MaxOrder>
+struct FailureSnapshot {
+    std::array<std::uint64_t, MaxOrder + 1> nr_free{}; ///< Free blocks per order.
+    std::uint64_t free_pages = 0;                      ///< Free pages on the free lists.
+    std::uint64_t total_pages = 0;                     ///< Pages managed.
+    int largest_order = -1;                            ///< Largest order with a free block.
+};
+
+/// The kernel's warn_alloc() text for a failed request of `order` with flags `bits`: the failure line, the
+/// buddyinfo line and the free page summary.
+template <unsigned MaxOrder>
+std::string warn_alloc_text(std::string_view name, int node, ZoneType zone, std::uint32_t bits,
+                            unsigned order, const FailureSnapshot<MaxOrder>& s) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%#x", bits);
+    std::string out(name);
+    out += ": page allocation failure: order:" + std::to_string(order) + ", mode:" + buf + '(' +
+           gfp::to_string(bits) + "), nodemask=(null)\n";
+    out += buddyinfo_line(node, zone, s.nr_free);
+    out += std::string(name) + ": free pages: " + std::to_string(s.free_pages) + " of " +
+           std::to_string(s.total_pages) + ", largest free order: " + std::to_string(s.largest_order) + '\n';
+    return out;
+}
+
+} // namespace kmem::detail
