@@ -251,3 +251,36 @@ BOOST_AUTO_TEST_CASE(reports_bad_refcount) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(exact_allocation_flags)
+
+// alloc_pages_exact with run-time flags refuses gfp::comp and gfp::highmem as the compile-time form does
+// (the compile-time form is test/compile_fail/exact_*_through_buddy.cpp).
+BOOST_AUTO_TEST_CASE(run_time_flags_with_comp_or_highmem_are_refused) {
+    kmem::BuddyAllocator<max_order, ps, kmem::MmapRegion, kmem::policy::ThrowOnError> a(
+        kmem::MmapRegion(arena_pages * ps));
+    a.set_warning_stream(nullptr);
+    const Snapshot<decltype(a)> before(a);
+    expect_error(
+        a, ErrorKind::invalid_gfp,
+        [&] { BOOST_TEST(a.alloc_pages_exact(8192, kmem::gfp_t(gfp::kernel | gfp::comp)) == nullptr); },
+        "exact allocation");
+    before.expect_unchanged(a);
+    void* p = a.alloc_pages_exact(3 * ps, kmem::gfp_t(gfp::kernel));
+    BOOST_REQUIRE(p != nullptr);
+    BOOST_TEST(a.nr_free_pages() == a.total_pages() - 3);
+    a.free_pages_exact(p, 3 * ps);
+    BOOST_TEST(a.nr_free_pages() == a.total_pages());
+    expect_consistent(a);
+
+    kmem::BuddyAllocator<max_order, ps, kmem::MmapRegion, kmem::policy::ThrowOnError,
+                         kmem::policy::InZone<kmem::ZoneType::highmem>>
+        high(kmem::MmapRegion(arena_pages * ps));
+    expect_error(
+        high, ErrorKind::invalid_gfp,
+        [&] { BOOST_TEST(high.alloc_pages_exact(8192, kmem::gfp_t(gfp::highuser)) == nullptr); },
+        "exact allocation");
+    BOOST_TEST(high.nr_free_pages() == high.total_pages());
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -297,6 +297,58 @@ BOOST_AUTO_TEST_CASE(refill_takes_blocks_in_address_order) {
     }
 }
 
+BOOST_AUTO_TEST_CASE(an_allocation_streak_stops_refilling) {
+    static_assert(OffPcp::pcp_refill_streak_limit == 8);
+    OffPcp a(arena_bytes);
+    std::vector<Page*> pages;
+    for (int n = 0; n < 32; ++n) pages.push_back(a.alloc_pages(gfp::kernel, 0)); // 8 refills of 4, no free
+    BOOST_TEST(a.nr_pcp_pages() == 0u);
+    BOOST_TEST(a.nr_free_pages() == 32u);
+    pages.push_back(a.alloc_pages(gfp::kernel, 0)); // the list is empty again: no ninth refill, one page
+    BOOST_TEST(idx(a, pages.back()) == 32u);
+    BOOST_TEST(a.nr_pcp_pages() == 0u);
+    BOOST_TEST(a.nr_free_pages() == 31u);
+    a.free_pages(pages.back(), 0); // a free ends the streak (and parks the page)
+    pages.pop_back();
+    BOOST_TEST(a.nr_pcp_pages() == 1u);
+    pages.push_back(a.alloc_pages(gfp::kernel, 0)); // the hot end
+    BOOST_TEST(a.nr_pcp_pages() == 0u);
+    pages.push_back(a.alloc_pages(gfp::kernel, 0)); // empty list, no streak: a refill of 4 again
+    BOOST_TEST(a.nr_pcp_pages() == 3u);
+    BOOST_TEST(a.nr_free_pages() == 27u);
+    expect_consistent(a);
+    for (Page* p : pages) a.free_pages(p, 0);
+    a.drain_all_pages();
+    BOOST_TEST(a.nr_free_pages() == arena_pages);
+    expect_consistent(a);
+}
+
+BOOST_AUTO_TEST_CASE(a_free_streak_bypasses_the_lists) {
+    static_assert(OffPcp::pcp_free_streak_factor == 4);
+    OffPcp a(arena_bytes);
+    std::vector<Page*> pages;
+    for (int n = 0; n < 60; ++n) pages.push_back(a.alloc_pages(gfp::kernel, 0));
+    BOOST_TEST(a.nr_free_pages() == 4u);
+    std::size_t n = 0;
+    for (; n < 4 * test_high; ++n) a.free_pages(pages[n], 0); // 48 pages: through the lists (with spills)
+    const std::uint64_t parked = a.nr_pcp_pages();
+    BOOST_TEST(parked < std::uint64_t{test_high});
+    for (; n < pages.size();
+         ++n) { // past 4 * high pages freed with no allocation: straight to the free lists
+        const std::uint64_t free_before = a.nr_free_pages();
+        a.free_pages(pages[n], 0);
+        BOOST_TEST(a.nr_pcp_pages() == parked);
+        BOOST_TEST(a.nr_free_pages() == free_before + 1);
+        BOOST_TEST(!a.pfn_to_page(a.page_to_pfn(pages[n]))->test(PageFlag::pcp));
+    }
+    expect_consistent(a);
+    Page* p = a.alloc_pages(gfp::kernel, 0); // an allocation halves the streak: frees park again
+    BOOST_TEST(a.nr_pcp_pages() == parked - 1);
+    a.free_pages(p, 0);
+    BOOST_TEST(a.nr_pcp_pages() == parked);
+    expect_consistent(a);
+}
+
 BOOST_AUTO_TEST_CASE(reaching_high_gives_a_batch_back) {
     OffPcp a(arena_bytes);
     std::vector<Page*> pages;

@@ -151,6 +151,10 @@ public:
     /// The largest order served from the per-CPU page lists (PAGE_ALLOC_COSTLY_ORDER); meaningful with has_pcp.
     static constexpr unsigned pcp_max_order =
         pcp_policy::max_order < MaxOrder ? pcp_policy::max_order : MaxOrder;
+    /// Refills in a row (no free in between) after which an empty per-CPU list is no longer refilled.
+    static constexpr unsigned pcp_refill_streak_limit = PcpLists<0, false>::refill_streak_limit;
+    /// Pages freed in a row, as a multiple of pcp_high(), after which frees bypass the per-CPU lists.
+    static constexpr unsigned pcp_free_streak_factor = PcpLists<0, false>::free_streak_factor;
 
     /// Builds the allocator over a region constructed from `args` (or bound to it, for a borrowed region or
     /// map); every whole, aligned, unreserved page goes on the free lists as the largest blocks that fit.
@@ -451,9 +455,16 @@ private:
                 if (cpu >= 0) [[likely]] {
                     Page& p = page(i);
                     if (is_allocated_block(p, order)) [[likely]] {
-                        if (detail::PageAccess::put_testzero(p))
+                        if (!detail::PageAccess::put_testzero(p)) {
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                        } else if (!pcp_.should_bypass(static_cast<unsigned>(cpu), order)) [[likely]] {
                             pcp_.free(static_cast<unsigned>(cpu), area_, lock_, i, order);
-                        pcp_.unlock_local(static_cast<unsigned>(cpu));
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                        } else { // a long run of frees: straight to the free lists
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                            policy::LockGuard<lock_type> guard(lock_);
+                            release_block(i, order);
+                        }
                         return;
                     }
                     pcp_.unlock_local(static_cast<unsigned>(cpu));
@@ -544,42 +555,7 @@ private:
 
     // Checks that index i heads an allocated block of `order`; diagnoses the mistake otherwise.  Zone lock held.
     detail::Diagnosis validate_allocated(index_t i, unsigned order, std::string_view op) const noexcept {
-        using detail::Misuse;
-        const Page& p = page(i);
-        if (p.test(PageFlag::block) && p.order() == order && order <= MaxOrder && p.refcount() > 0) [[likely]]
-            return {};
-        const std::uint64_t pfn = pfn_of(i);
-        if (order > MaxOrder) return {Misuse::order_above_max, op, order, MaxOrder, pfn};
-        if (p.test(PageFlag::block)) {
-            if (p.order() != order) return {Misuse::wrong_order, op, pfn, p.order(), order};
-            if (p.refcount() <= 0)
-                return {Misuse::bad_refcount, op, pfn, static_cast<std::uint64_t>(p.refcount())};
-            return {};
-        }
-        const bool putting = op == "put_page";
-        if (p.test(PageFlag::buddy) || p.test(PageFlag::pcp)) {
-            if (putting) return {Misuse::put_free, op, pfn, p.order(), p.test(PageFlag::pcp) ? 1u : 0u};
-            return {p.test(PageFlag::buddy) ? Misuse::already_free : Misuse::already_free_pcp, op, pfn,
-                    p.order()};
-        }
-        if (p.test(PageFlag::tail))
-            return {Misuse::tail_page, op, pfn, pfn_of(detail::PageAccess::head_index(p))};
-        // An interior page: find the block that contains it to say which mistake this is.
-        for (unsigned k = 1; k <= MaxOrder; ++k) {
-            const std::uint64_t head_pfn = pfn & ~((std::uint64_t{1} << k) - 1);
-            const Page* h = map_.pfn_to_page(head_pfn);
-            if (h == nullptr) break;
-            if (h->order() < k) continue;
-            if (h->test(PageFlag::buddy) || h->test(PageFlag::pcp))
-                return {putting ? Misuse::put_inside_free : Misuse::inside_free,
-                        op,
-                        pfn,
-                        h->order(),
-                        head_pfn,
-                        h->test(PageFlag::pcp) ? 1u : 0u};
-            if (h->test(PageFlag::block)) return {Misuse::inside_block, op, pfn, h->order(), head_pfn};
-        }
-        return {Misuse::not_block_start, op, pfn};
+        return detail::diagnose_free<MaxOrder>(map_, i, order, op);
     }
 
     Page* alloc_exact_core(std::uint32_t bits, std::size_t bytes) {
@@ -616,50 +592,14 @@ private:
     void report(const detail::Diagnosis& d) { detail::report(error_, d); }
 
     std::string check_locked() const {
-        const std::uint64_t first = map_.first_pfn();
-        const std::uint64_t n = map_.size();
         if (std::string problem = area_.check(); !problem.empty()) return problem;
         std::uint64_t pcp_sum = 0;
         if constexpr (has_pcp) {
-            if (std::string problem = pcp_.check(map_.pages(), first, n, pcp_sum); !problem.empty())
+            if (std::string problem = pcp_.check(map_.pages(), map_.first_pfn(), map_.size(), pcp_sum);
+                !problem.empty())
                 return problem;
         }
-        std::uint64_t used = 0, parked = 0, reserved = 0;
-        for (std::uint64_t i = 0;
-             i < n;) { // blocks tile the table: free + per-CPU + used + reserved == pages
-            const Page& p = map_[i];
-            const auto at = [&] { return "pfn " + std::to_string(first + i); };
-            if (p.test(PageFlag::reserved)) {
-                if (p.flags() != flag(PageFlag::reserved)) return at() + " is reserved but has other flags";
-                ++reserved;
-                ++i;
-                continue;
-            }
-            const std::uint64_t len = std::uint64_t{1} << p.order();
-            if (!p.test(PageFlag::buddy) && !p.test(PageFlag::block) && !p.test(PageFlag::pcp))
-                return at() + " starts no block";
-            if (i + len > n) return at() + " block runs past the table";
-            for (std::uint64_t k = 1; k < len; ++k) {
-                const Page& t = map_[i + k];
-                const bool ok = p.test(PageFlag::head) ? (t.flags() == flag(PageFlag::tail) &&
-                                                          detail::PageAccess::head_index(t) == i)
-                                                       : t.flags() == 0;
-                if (!ok)
-                    return "pfn " + std::to_string(first + i + k) + " inside the block at " + at() +
-                           " has flags " + std::to_string(t.flags());
-            }
-            if (p.test(PageFlag::block)) used += len;
-            if (p.test(PageFlag::pcp)) parked += len;
-            i += len;
-        }
-        if (reserved != reserved_)
-            return std::to_string(reserved) + " pages are reserved but " + std::to_string(reserved_) +
-                   " were at start";
-        if (parked != pcp_sum)
-            return std::to_string(parked) + " pages carry the pcp flag but the per-CPU lists hold " +
-                   std::to_string(pcp_sum);
-        if (used + area_.free_pages() + pcp_sum + reserved != n) return "free + per-CPU + used != total";
-        return {};
+        return detail::check_tiling(map_, area_.free_pages(), pcp_sum, reserved_);
     }
 
     map_param map_;

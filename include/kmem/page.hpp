@@ -127,6 +127,8 @@ struct PageAccess {
     static std::uint32_t& head_index(Page& p) noexcept { return p.lo_; }
     static std::uint32_t head_index(const Page& p) noexcept { return p.lo_; }
     static void set_order(Page& p, unsigned order) noexcept { p.order_ = static_cast<std::uint8_t>(order); }
+    /// The spare byte, kept for the migrate type of the zone layer's anti-fragmentation.
+    static std::uint8_t& migratetype(Page& p) noexcept { return p.spare_; }
     static void set_flags(Page& p, std::uint16_t f) noexcept {
         std::atomic_ref<std::uint16_t>(p.flags_).store(f, std::memory_order_relaxed);
     }

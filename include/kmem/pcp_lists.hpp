@@ -64,7 +64,16 @@ public:
         std::array<detail::IndexList, nr_lists> lists{}; ///< Hot end: frees push, allocations pop.
         std::uint64_t allocations = 0;                   ///< Per-CPU pgalloc events.
         std::uint64_t frees = 0;                         ///< Per-CPU pgfree events.
+        std::uint32_t free_count =
+            0; ///< Pages freed here lately (pcp->free_count): grows per free, halves per allocation.
+        std::uint32_t refills = 0; ///< Refills since the last free here: the length of an allocation streak.
     };
+    /// Refills in a row (no free in between) after which an empty list is no longer refilled and requests go
+    /// straight to the free area: a CPU that only allocates gains nothing from moving pages through its list.
+    static constexpr std::uint32_t refill_streak_limit = 8;
+    /// A CPU that has freed more than `free_streak_factor * high` pages with no allocation in between frees
+    /// straight to the free area (the kernel's free_count / free_high): parking them would move each page twice.
+    static constexpr std::uint32_t free_streak_factor = 4;
 
     /// Lists with `batch` and `high` (pages); high is raised to batch when below it.
     PcpLists(unsigned batch, unsigned high) : batch_(batch), high_(high < batch ? batch : high) {}
@@ -108,13 +117,28 @@ public:
     detail::page_index alloc(unsigned cpu, Area& area, ZoneLock& zone_lock, unsigned order) noexcept {
         Set& s = sets_[cpu];
         detail::IndexList& list = s.lists[order];
+        s.free_count >>= 1;
         if (list.empty()) [[unlikely]] {
+            if (s.refills >= refill_streak_limit) return Page::nil; // an allocation streak: use the free area
+            ++s.refills;
             refill(s, area, zone_lock, order);
             if (list.empty()) return Page::nil;
         }
         ++s.allocations;
         s.count -= 1u << order;
         return list.pop_front(area.pages());
+    }
+
+    /// Called for a block of `order` whose last reference was just dropped, set `cpu` locked: true when it should
+    /// bypass the set and go straight to the free area (a long run of frees, see free_streak_factor); ends an
+    /// allocation streak.
+    bool should_bypass(unsigned cpu, unsigned order) noexcept {
+        Set& s = sets_[cpu];
+        s.refills = 0;
+        if (s.free_count >= free_streak_factor * high_) [[unlikely]]
+            return true;
+        s.free_count += 1u << order;
+        return false;
     }
 
     /// free_unref_page_commit(): puts the block of `order` at index `i` (no longer referenced) on the hot end of

@@ -142,8 +142,10 @@ public:
         if constexpr (pcp) {
             BOOST_TEST_MESSAGE("ops " << opt.ops << ": allocations " << allocations_ << " (from a list "
                                       << served_ << ", refills " << refills_ << ", drain-and-retry "
-                                      << retries_ << "), frees " << frees_ << " (spills " << spills_
-                                      << "), failures " << failures_ << ", mistakes caught " << mistakes_);
+                                      << retries_ << ", past an allocation streak " << streak_zone_
+                                      << "), frees " << frees_ << " (spills " << spills_
+                                      << ", past a free streak " << bypassed_ << "), failures " << failures_
+                                      << ", mistakes caught " << mistakes_);
             // every path of the lists was taken
             BOOST_TEST(served_ > 0u);
             BOOST_TEST(refills_ > 0u);
@@ -424,11 +426,16 @@ private:
             fail("largest_free_order() disagrees with nr_free()");
         if (on_lists(k)) {
             if constexpr (pcp) {
+                free_count_ >>= 1;
                 if (!hot_[k].empty())
                     pr.way = Way::hot;
                 else if (!cold_[k].empty())
                     pr.way = Way::cold;
-                else {
+                else if (refill_streak_ >= A::pcp_refill_streak_limit) { // an allocation streak: no refill
+                    pr.way = can_take > 0 ? Way::zone : Way::retry;
+                    ++streak_zone_;
+                } else {
+                    ++refill_streak_;
                     pr.m = std::min(want(k), can_take);
                     pr.way = pr.m > 0 ? Way::refill : Way::retry;
                 }
@@ -724,6 +731,15 @@ private:
     }
     // A block of order k freed onto its per-CPU list: the hot end; at `high`, a spill of at least `batch` pages.
     void park(std::uint64_t pfn, unsigned k, const Page* head, std::uint64_t free_before) {
+        refill_streak_ = 0;
+        if (free_count_ >= A::pcp_free_streak_factor * std::uint64_t{high_}) { // a long run of frees
+            if (a_.nr_free_pages() != free_before + pages_of(k))
+                fail("a free after a long run of frees should go straight to the free lists");
+            if (head->test(PageFlag::pcp)) fail("a free after a long run of frees was parked");
+            ++bypassed_;
+            return;
+        }
+        free_count_ += pages_of(k);
         hot_[k].push_front(pfn);
         pcp_pages_ += pages_of(k);
         std::uint64_t spilled = 0;
@@ -980,6 +996,12 @@ private:
     std::vector<Live> live_;
     std::vector<std::pair<std::uint64_t, unsigned>> recently_freed_; // (pfn, order), the last 16 frees
     unsigned batch_ = 0, high_ = 0;                                  // the lists' batch and high
+    std::uint64_t free_count_ =
+        0; // pages freed lately through the lists (grows per free, halves per allocation)
+    unsigned refill_streak_ = 0; // refills since the last free through the lists
+    std::uint64_t bypassed_ = 0; // frees that went straight to the free lists after a long run of frees
+    std::uint64_t streak_zone_ =
+        0; // allocations predicted from the free lists after a long allocation streak
     std::array<std::deque<std::uint64_t>, lists> hot_; // freed blocks, front = hot end, in list order
     std::array<std::set<std::uint64_t>, lists> cold_;  // one refill's blocks, behind the hot ones
     std::uint64_t pcp_pages_ = 0;

@@ -1,6 +1,6 @@
 /// @file
 /// Reports of the page allocators (not part of the API): the diagnosis of a caller mistake, the /proc/buddyinfo
-/// line, and the allocation-failure report (warn_alloc).
+/// line, the allocation-failure report (warn_alloc), and the invariant check of the page descriptors.
 ///
 /// Reports are built in two steps so that no formatting, stream or user callback ever runs under an allocator's
 /// lock: under the lock the allocator records a small value (a Diagnosis: what, which operation, a few numbers;
@@ -9,6 +9,7 @@
 #pragma once
 
 #include <kmem/gfp.hpp>
+#include <kmem/page.hpp>
 #include <kmem/policy/error.hpp>
 
 #include <array>
@@ -216,6 +217,94 @@ std::string warn_alloc_text(std::string_view name, int node, ZoneType zone, std:
     out += std::string(name) + ": free pages: " + std::to_string(s.free_pages) + " of " +
            std::to_string(s.total_pages) + ", largest free order: " + std::to_string(s.largest_order) + '\n';
     return out;
+}
+
+/// Why index `i` of `map` does not head an allocated block of `order` (what free_pages / put_page / split_page
+/// were given), or no diagnosis when it does.  Called under the zone lock; O(MaxOrder) for an interior page,
+/// whose enclosing block is found by aligning its pfn down order by order.
+template <unsigned MaxOrder, class Map>
+Diagnosis diagnose_free(const Map& map, page_index i, unsigned order, std::string_view op) noexcept {
+    const Page& p = map[i];
+    if (p.test(PageFlag::block) && p.order() == order && order <= MaxOrder && p.refcount() > 0) [[likely]]
+        return {};
+    const std::uint64_t pfn = map.first_pfn() + i;
+    if (order > MaxOrder) return {Misuse::order_above_max, op, order, MaxOrder, pfn};
+    if (p.test(PageFlag::block)) {
+        if (p.order() != order) return {Misuse::wrong_order, op, pfn, p.order(), order};
+        if (p.refcount() <= 0)
+            return {Misuse::bad_refcount, op, pfn, static_cast<std::uint64_t>(p.refcount())};
+        return {};
+    }
+    const bool putting =
+        op == "put_page"; // a free page has no reference to drop: bad_refcount, not double_free
+    if (p.test(PageFlag::buddy) || p.test(PageFlag::pcp)) {
+        if (putting) return {Misuse::put_free, op, pfn, p.order(), p.test(PageFlag::pcp) ? 1u : 0u};
+        return {p.test(PageFlag::buddy) ? Misuse::already_free : Misuse::already_free_pcp, op, pfn,
+                p.order()};
+    }
+    if (p.test(PageFlag::tail))
+        return {Misuse::tail_page, op, pfn, map.first_pfn() + PageAccess::head_index(p)};
+    for (unsigned k = 1; k <= MaxOrder; ++k) { // an interior page: which block holds it?
+        const std::uint64_t head_pfn = pfn & ~((std::uint64_t{1} << k) - 1);
+        const Page* h = map.pfn_to_page(head_pfn);
+        if (h == nullptr) break;
+        if (h->order() < k) continue;
+        if (h->test(PageFlag::buddy) || h->test(PageFlag::pcp))
+            return {putting ? Misuse::put_inside_free : Misuse::inside_free,
+                    op,
+                    pfn,
+                    h->order(),
+                    head_pfn,
+                    h->test(PageFlag::pcp) ? 1u : 0u};
+        if (h->test(PageFlag::block)) return {Misuse::inside_block, op, pfn, h->order(), head_pfn};
+    }
+    return {Misuse::not_block_start, op, pfn};
+}
+
+/// Checks that the blocks of `map` tile it: every page is reserved (and nothing else) or inside exactly one free,
+/// parked or allocated block whose other pages carry no flags (compound tails point at their head); the pages
+/// counted agree with `free_pages` (free lists), `pcp_pages` (per-CPU lists) and `reserved`.  Returns the first
+/// violation, or "".  O(pages).
+template <class Map>
+std::string check_tiling(const Map& map, std::uint64_t free_pages, std::uint64_t pcp_pages,
+                         std::uint64_t reserved) {
+    const std::uint64_t first = map.first_pfn();
+    const std::uint64_t n = map.size();
+    std::uint64_t used = 0, parked = 0, seen_reserved = 0;
+    for (std::uint64_t i = 0; i < n;) {
+        const Page& p = map[i];
+        const auto at = [&] { return "pfn " + std::to_string(first + i); };
+        if (p.test(PageFlag::reserved)) {
+            if (p.flags() != flag(PageFlag::reserved)) return at() + " is reserved but has other flags";
+            ++seen_reserved;
+            ++i;
+            continue;
+        }
+        const std::uint64_t len = std::uint64_t{1} << p.order();
+        if (!p.test(PageFlag::buddy) && !p.test(PageFlag::block) && !p.test(PageFlag::pcp))
+            return at() + " starts no block";
+        if (i + len > n) return at() + " block runs past the table";
+        for (std::uint64_t k = 1; k < len; ++k) {
+            const Page& t = map[i + k];
+            const bool ok = p.test(PageFlag::head)
+                                ? (t.flags() == flag(PageFlag::tail) && PageAccess::head_index(t) == i)
+                                : t.flags() == 0;
+            if (!ok)
+                return "pfn " + std::to_string(first + i + k) + " inside the block at " + at() +
+                       " has flags " + std::to_string(t.flags());
+        }
+        if (p.test(PageFlag::block)) used += len;
+        if (p.test(PageFlag::pcp)) parked += len;
+        i += len;
+    }
+    if (seen_reserved != reserved)
+        return std::to_string(seen_reserved) + " pages are reserved but " + std::to_string(reserved) +
+               " were at start";
+    if (parked != pcp_pages)
+        return std::to_string(parked) + " pages carry the pcp flag but the per-CPU lists hold " +
+               std::to_string(pcp_pages);
+    if (used + free_pages + pcp_pages + seen_reserved != n) return "free + per-CPU + used != total";
+    return {};
 }
 
 } // namespace kmem::detail
