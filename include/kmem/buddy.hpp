@@ -233,6 +233,9 @@ public:
     unsigned pcp_batch() const noexcept requires has_pcp { return pcp_.batch(); }
     /// Pages a CPU's lists may hold before `pcp_batch()` of them go back (pcp->high).
     unsigned pcp_high() const noexcept requires has_pcp { return pcp_.high(); }
+    /// True when the per-CPU sets are locked with restartable sequences, so that the hot path has no locked
+    /// instruction (x86-64, glibc's rseq registration, membarrier's expedited rseq fence; see design.md).
+    bool pcp_uses_rseq() const noexcept requires has_pcp { return pcp_.uses_rseq(); }
     /// The number of per-CPU list sets: one per configured CPU with a lock policy, one without.
     unsigned pcp_sets() const noexcept requires has_pcp { return pcp_.sets(); }
     /// Sets high and batch for every CPU (__zone_set_pageset_high_and_batch, the percpu_pagelist sysctl) and

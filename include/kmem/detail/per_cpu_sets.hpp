@@ -27,6 +27,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 
@@ -63,10 +65,22 @@ inline bool rseq_slots_available() noexcept {
 }
 // Restarts every rseq critical section running on `cpu` (all CPUs when cpu < 0) and orders memory with them.
 inline void rseq_fence(int cpu) noexcept {
-    if (cpu >= 0)
-        ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu);
-    else
-        ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    const auto fence = [cpu] {
+        return cpu >= 0 ? ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+                                    MEMBARRIER_CMD_FLAG_CPU, cpu)
+                        : ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    };
+    if (fence() == 0) [[likely]]
+        return;
+    // The registration belongs to the process (a child made by fork() may have to register again).
+    ::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    if (fence() != 0) {
+        std::fputs(
+            "kmem: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) failed after it had worked; the per-CPU "
+            "lists cannot be fenced\n",
+            stderr);
+        std::abort();
+    }
 }
 #endif
 
