@@ -66,38 +66,10 @@ struct BuddyStats {
     std::uint64_t failures = 0;    ///< Allocations that failed (allocstall-like).
 };
 
-namespace detail {
-template <class RegionOrMap, std::size_t PageSize>
-struct map_for {
-    using type = MemMap<RegionOrMap, PageSize>; // a region (or a reference to one): the allocator owns a map
-};
-template <class R, std::size_t PageSize>
-requires is_mem_map<std::remove_cvref_t<R>>
-struct map_for<R, PageSize> {
-    using type = R; // a map (owned) or a reference to one (borrowed)
-};
-template <std::size_t PageSize>
-struct map_for<missing_policy, PageSize> {
-    struct type { // no region given: only the static_assert in BuddyAllocator should speak
-        static constexpr bool addressable = false;
-        static constexpr std::size_t page_size = PageSize;
-        using region_type = OffsetRegion;
-    };
-};
-// The memory map a BuddyAllocator with these policies uses, without reference.
-template <std::size_t PageSize, class... Policies>
-using buddy_map_t = std::remove_cvref_t<
-    typename map_for<typename PolicySet<Policies...>::template get<policy::region_policy_tag, missing_policy>,
-                     PageSize>::type>;
-struct no_pcp {
-    no_pcp(unsigned, unsigned) noexcept {}
-};
-} // namespace detail
-
 /// The binary buddy allocator over one region (the kernel's zone free_area and __alloc_pages / __free_pages).
 template <unsigned MaxOrder, std::size_t PageSize, class... Policies>
 class BuddyAllocator : public PageApi<BuddyAllocator<MaxOrder, PageSize, Policies...>,
-                                      detail::buddy_map_t<PageSize, Policies...>::addressable> {
+                                      detail::map_of_t<PageSize, Policies...>::addressable> {
     static_assert(std::has_single_bit(PageSize) && PageSize >= 64,
                   "BuddyAllocator's PageSize must be a power of two of at least 64 bytes.");
     static_assert(MaxOrder <= 30, "BuddyAllocator's MaxOrder must be at most 30.");
@@ -112,7 +84,7 @@ class BuddyAllocator : public PageApi<BuddyAllocator<MaxOrder, PageSize, Policie
                   "MemfdRegion, OffsetRegion, or a reference to one to borrow it).");
     static_assert(policies::unique);
     using pcp_policy = typename policies::template get<policy::pcp_policy_tag, policy::PerCpuPages<1, 1, 0>>;
-    using Base = PageApi<BuddyAllocator, detail::buddy_map_t<PageSize, Policies...>::addressable>;
+    using Base = PageApi<BuddyAllocator, detail::map_of_t<PageSize, Policies...>::addressable>;
     friend Base;
 
 public:
@@ -276,7 +248,7 @@ private:
     using index_t = detail::page_index;
     using pcp_type =
         std::conditional_t<has_pcp, PcpLists<pcp_max_order, !std::is_same_v<lock_type, policy::NoLock>>,
-                           detail::no_pcp>;
+                           detail::NoPcpLists>;
     static constexpr std::uint16_t flag(PageFlag f) noexcept { return detail::flag(f); }
     Page& page(index_t i) const noexcept { return map_[i]; }
     std::uint64_t pfn_of(index_t i) const noexcept { return map_.first_pfn() + i; }
@@ -449,9 +421,9 @@ private:
 
     // Frees the block at index i given with `order` by a caller (free_pages, put_page, free_offset).  With
     // per-CPU lists, a valid free of a small block goes on the calling CPU's list (free_unref_page()); a busy
-    // list, a larger block or a mistake takes the zone lock, where validate_allocated() diagnoses mistakes,
+    // list, a larger block or a mistake takes the zone lock, where detail::diagnose_free() diagnoses mistakes,
     // which are reported after the lock is released.
-    void free_core(index_t i, unsigned order, std::string_view op) {
+    void free_core(index_t i, unsigned order, std::string_view op, bool put = false) {
         if constexpr (has_pcp) {
             if (order <= pcp_max_order) [[likely]] {
                 const int cpu = pcp_.try_lock_local();
@@ -482,15 +454,15 @@ private:
                 free_block(i, order);
         }
         if (!done) [[unlikely]]
-            free_slowpath(i, order, op);
+            free_slowpath(i, order, op, put);
     }
     // A free that did not pass the quick check: diagnose it under the lock (it may have become valid meanwhile,
     // e.g. get_page raced with it), free it if it is fine after all, and report the mistake after the lock.
-    [[gnu::noinline]] void free_slowpath(index_t i, unsigned order, std::string_view op) {
+    [[gnu::noinline]] void free_slowpath(index_t i, unsigned order, std::string_view op, bool put) {
         detail::Diagnosis diag;
         {
             policy::LockGuard<lock_type> guard(lock_);
-            diag = validate_allocated(i, order, op);
+            diag = detail::diagnose_free<MaxOrder>(map_, i, order, op, put);
             if (!diag) free_block(i, order);
         }
         if (diag) report(diag);
@@ -535,7 +507,7 @@ private:
         const index_t i = map_.index_of(p);
         if (i == Page::nil) return report(map_.diagnose_page("put_page"));
         const index_t h = head_of(i);
-        free_core(h, page(h).order(), "put_page");
+        free_core(h, page(h).order(), "put_page", true);
     }
     void split_page_core(Page* p, unsigned order) {
         const index_t i = map_.index_of(p);
@@ -544,7 +516,7 @@ private:
             diag = map_.diagnose_page("split_page");
         } else {
             policy::LockGuard<lock_type> guard(lock_);
-            diag = validate_allocated(i, order, "split_page");
+            diag = detail::diagnose_free<MaxOrder>(map_, i, order, "split_page");
             if (!diag && page(i).test(PageFlag::head))
                 diag = {detail::Misuse::split_compound, "split_page", pfn_of(i)};
             if (!diag) {
@@ -557,10 +529,6 @@ private:
     }
 
     // Checks that index i heads an allocated block of `order`; diagnoses the mistake otherwise.  Zone lock held.
-    detail::Diagnosis validate_allocated(index_t i, unsigned order, std::string_view op) const noexcept {
-        return detail::diagnose_free<MaxOrder>(map_, i, order, op);
-    }
-
     Page* alloc_exact_core(std::uint32_t bits, std::size_t bytes) {
         const std::uint64_t pages = bytes == 0 ? 1 : (std::uint64_t{bytes} - 1) / PageSize + 1;
         const unsigned order = get_order<PageSize>(bytes);
@@ -584,7 +552,7 @@ private:
             policy::LockGuard<lock_type> guard(lock_);
             for (std::uint64_t k = 0; k < pages && !diag;
                  ++k) // check every page first: a bad call changes nothing
-                diag = validate_allocated(i + static_cast<index_t>(k), 0, op);
+                diag = detail::diagnose_free<MaxOrder>(map_, i + static_cast<index_t>(k), 0, op);
             if (!diag)
                 for (std::uint64_t k = 0; k < pages; ++k) free_block(i + static_cast<index_t>(k), 0);
         }

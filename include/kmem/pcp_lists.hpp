@@ -294,4 +294,11 @@ private:
     unsigned high_;
 };
 
+namespace detail {
+/// Stands in for PcpLists in an allocator built without policy::PerCpuPages.
+struct NoPcpLists {
+    NoPcpLists(unsigned, unsigned) noexcept {}
+};
+} // namespace detail
+
 } // namespace kmem

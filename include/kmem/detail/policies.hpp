@@ -11,6 +11,7 @@
 #include <kmem/policy/category.hpp>
 #include <kmem/region.hpp>
 
+#include <cstddef>
 #include <type_traits>
 
 namespace kmem::detail {
@@ -70,5 +71,30 @@ struct PolicySet {
     static constexpr bool unique =
         (true && ... && category_of<Policies>::template check_count<count<category_of<Policies>>>());
 };
+
+/// The memory map type an allocator uses for its region policy: MemMap<R, PageSize> for a Region (or `R&`, owned
+/// map over a borrowed region), the MemMap itself (or `MemMap&`, borrowed) when one is given.
+template <class RegionOrMap, std::size_t PageSize>
+struct map_for {
+    using type = MemMap<RegionOrMap, PageSize>;
+};
+template <class R, std::size_t PageSize>
+requires is_mem_map<std::remove_cvref_t<R>>
+struct map_for<R, PageSize> {
+    using type = R;
+};
+template <std::size_t PageSize>
+struct map_for<missing_policy, PageSize> {
+    struct type { // no region given: only the allocator's static_assert should speak
+        static constexpr bool addressable = false;
+        static constexpr std::size_t page_size = PageSize;
+        using region_type = OffsetRegion;
+    };
+};
+/// The memory map (without reference) of an allocator with these policies.
+template <std::size_t PageSize, class... Policies>
+using map_of_t = std::remove_cvref_t<
+    typename map_for<typename PolicySet<Policies...>::template get<policy::region_policy_tag, missing_policy>,
+                     PageSize>::type>;
 
 } // namespace kmem::detail

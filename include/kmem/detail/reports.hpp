@@ -220,10 +220,11 @@ std::string warn_alloc_text(std::string_view name, int node, ZoneType zone, std:
 }
 
 /// Why index `i` of `map` does not head an allocated block of `order` (what free_pages / put_page / split_page
-/// were given), or no diagnosis when it does.  Called under the zone lock; O(MaxOrder) for an interior page,
-/// whose enclosing block is found by aligning its pfn down order by order.
+/// were given; `putting` for put_page), or no diagnosis when it does.  Called under the zone lock; O(MaxOrder)
+/// for an interior page, whose enclosing block is found by aligning its pfn down order by order.
 template <unsigned MaxOrder, class Map>
-Diagnosis diagnose_free(const Map& map, page_index i, unsigned order, std::string_view op) noexcept {
+Diagnosis diagnose_free(const Map& map, page_index i, unsigned order, std::string_view op,
+                        bool putting = false) noexcept {
     const Page& p = map[i];
     if (p.test(PageFlag::block) && p.order() == order && order <= MaxOrder && p.refcount() > 0) [[likely]]
         return {};
@@ -235,8 +236,7 @@ Diagnosis diagnose_free(const Map& map, page_index i, unsigned order, std::strin
             return {Misuse::bad_refcount, op, pfn, static_cast<std::uint64_t>(p.refcount())};
         return {};
     }
-    const bool putting =
-        op == "put_page"; // a free page has no reference to drop: bad_refcount, not double_free
+    // `putting`: the caller is put_page, and a free page has no reference to drop: bad_refcount, not double_free.
     if (p.test(PageFlag::buddy) || p.test(PageFlag::pcp)) {
         if (putting) return {Misuse::put_free, op, pfn, p.order(), p.test(PageFlag::pcp) ? 1u : 0u};
         return {p.test(PageFlag::buddy) ? Misuse::already_free : Misuse::already_free_pcp, op, pfn,
