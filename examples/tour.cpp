@@ -1,6 +1,7 @@
 // A short tour of kmem: a buddy allocator at work, the /proc/buddyinfo table before and after, pages split and
 // merged, an offset-only (device memory) region, error detection, the GFP rules checked at compile time, and
-// per-CPU page lists.
+// per-CPU page lists, then object caches and kmalloc with their /proc/slabinfo and slabtop tables, and
+// vmalloc / kvmalloc with /proc/vmallocinfo.
 #include <kmem/kmem.hpp>
 
 #include <cstdio>
@@ -137,5 +138,64 @@ int main() {
                  "merges.\n";
     fast.drain_all_pages();
     show("after drain_all_pages()", fast);
-    return buddy.check_invariants().empty() && fast.check_invariants().empty() ? 0 : 1;
+
+    heading("10. object caches (kmem_cache) and kmalloc over the buddy allocator");
+    struct Dentry {
+        long inode;
+        char name[48];
+    };
+    int constructed = 0;
+    kmem::SlabCache<Dentry, decltype(buddy)> dentries(buddy, "dentry", kmem::SlabFlags::hwcache_align,
+                                                      [&](Dentry* d) {
+                                                          d->inode = -1;
+                                                          ++constructed;
+                                                      });
+    kmem::KmemCache<decltype(buddy)> inodes(buddy, "inode_cache", 600, 0, kmem::SlabFlags::poison);
+    std::vector<Dentry*> ds;
+    for (int i = 0; i < 100; ++i) ds.push_back(dentries.alloc());
+    std::vector<void*> is;
+    for (int i = 0; i < 10; ++i) is.push_back(inodes.alloc());
+    std::cout << "  100 dentries: the constructor ran " << constructed
+              << " times (once per object of each new "
+              << "slab),\n  and every dentry arrived constructed (inode " << ds[0]->inode << ").\n";
+    kmem::Kmalloc<decltype(buddy)> km(buddy);
+    char* name = km.kstrdup("/proc/slabinfo", kmem::gfp::kernel);
+    void* buf = km.kmalloc(3000, kmem::gfp::kernel);
+    void* large = km.kzalloc(100 * 1024, kmem::gfp::kernel);
+    std::cout << "  kmalloc(3000) is served by kmalloc-4k (ksize " << km.ksize(buf)
+              << "); kzalloc(100 KiB) by " << km.ksize(large) / 4096 << " compound pages.\n";
+    std::vector<kmem::SlabStats> stats = km.stats();
+    stats.push_back(dentries.stats());
+    stats.push_back(inodes.stats());
+    std::cout << kmem::slabinfo(stats) << "\n" << kmem::slabtop(stats, kmem::SlabTopKey::active_objs);
+    for (Dentry* d : ds) dentries.free(d);
+    for (void* p : is) inodes.free(p);
+    km.kfree(large);
+    km.kfree(buf);
+    km.kfree(name);
+    const bool caches_ok = dentries.validate().empty() && inodes.validate().empty() && km.validate().empty();
+
+    heading("11. vmalloc: virtually contiguous memory over scattered pages");
+    using Remappable = kmem::BuddyAllocator<6, 4096, kmem::MemfdRegion>; // largest block: 64 pages = 256 KiB
+    Remappable pool(kmem::MemfdRegion(4 << 20));
+    kmem::VirtualMap<Remappable&> vm(pool);
+    auto* ring = static_cast<char*>(vm.vzalloc(1 << 20, "tour_ring_buffer")); // 1 MiB > any buddy block
+    ring[(1 << 20) - 1] = 'z';
+    kmem::Page* last = vm.vmalloc_to_page(ring + (1 << 20) - 1);
+    std::cout
+        << "  vzalloc(1 MiB) over a buddy whose largest block is 256 KiB: 256 single pages mapped side by\n"
+        << "  side; the last byte is also at region page " << pool.page_offset(last) / 4096
+        << "'s own address: '" << static_cast<char*>(pool.page_address(last))[4095] << "'\n"
+        << vm.vmallocinfo();
+    kmem::Kmalloc<Remappable> km2(pool);
+    kmem::KvMalloc kv(km2, vm);
+    void* table = kv.kvmalloc(512 * 1024, kmem::gfp::kernel);
+    std::cout << "  kvmalloc(512 KiB) came from " << (vm.is_vmalloc_addr(table) ? "vmalloc" : "kmalloc")
+              << " (kmalloc's largest is 256 KiB here); kvfree tells them apart by address.\n";
+    kv.kvfree(table);
+    vm.vfree(ring);
+    const bool vmap_ok = vm.check_invariants().empty();
+
+    return buddy.check_invariants().empty() && fast.check_invariants().empty() && caches_ok && vmap_ok ? 0
+                                                                                                       : 1;
 }

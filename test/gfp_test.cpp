@@ -370,8 +370,9 @@ BOOST_AUTO_TEST_CASE(one_table_drives_validate_and_describe) {
         BOOST_TEST_INFO("rule " << static_cast<int>(rule.code) << " witness " << gfp::to_string(witness));
         BOOST_TEST(rule.broken(witness));
         BOOST_TEST(!rule.broken(0u));
-        const Problem got =
-            rule.scope == detail::Scope::every ? gfp::validate(witness) : gfp::validate_exact(witness);
+        const Problem got = rule.scope == detail::Scope::every   ? gfp::validate(witness)
+                            : rule.scope == detail::Scope::exact ? gfp::validate_exact(witness)
+                                                                 : gfp::validate_slab(witness);
         bool earlier = false;
         for (std::size_t j = 0; j < i; ++j)
             earlier = earlier || (detail::rules[j].code == got && detail::rules[j].broken(witness));
@@ -382,9 +383,10 @@ BOOST_AUTO_TEST_CASE(one_table_drives_validate_and_describe) {
     BOOST_TEST((gfp::validate((gfp::nofail | gfp::noretry).value) == Problem::nofail_without_direct_reclaim));
     BOOST_TEST((gfp::validate((gfp::nofail | gfp::noretry | gfp::direct_reclaim).value) ==
                 Problem::nofail_and_noretry));
-    BOOST_TEST(detail::rules.size() == 10u);
+    BOOST_TEST(detail::rules.size() == 12u);
     BOOST_TEST(detail::count(detail::Scope::every) == 8u);
     BOOST_TEST(detail::count(detail::Scope::exact) == 2u);
+    BOOST_TEST(detail::count(detail::Scope::slab) == 2u);
     BOOST_TEST(detail::sentence_of(Problem::none).empty());
     // The table's order is the order validate() reports: unknown bits first.
     BOOST_TEST((detail::rules.front().code == Problem::unknown_bits));
@@ -587,6 +589,66 @@ BOOST_AUTO_TEST_CASE(atomic_context_with_non_sleeping_flags_allocates) {
     buddy.free_pages(p, 0);
     buddy.free_pages(q, 0);
     BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(slab_rules)
+
+BOOST_AUTO_TEST_CASE(validate_slab_adds_gfp_slab_bug_mask) {
+    struct Case {
+        gfp_t flags;
+        Problem expected;
+    };
+    const std::vector<Case> cases{
+        {gfp::kernel, Problem::none},
+        {gfp::kernel | gfp::zero, Problem::none},
+        {gfp::atomic, Problem::none},
+        {gfp::kernel | gfp::dma, Problem::none}, // kmalloc-dma caches exist: __GFP_DMA is allowed
+        {gfp::user, Problem::none},
+        {gfp::kernel | gfp::comp, Problem::none}, // only exact allocations refuse __GFP_COMP
+        {gfp::kernel | gfp::reclaimable, Problem::none},
+        {gfp::kernel | gfp::dma32, Problem::slab_dma32},
+        {gfp::dma32, Problem::slab_dma32},
+        {gfp::kernel | gfp::highmem, Problem::slab_highmem},
+        {gfp::highuser, Problem::slab_highmem},
+        {gfp::highuser_movable, Problem::slab_highmem},
+        {gfp::transhuge, Problem::slab_highmem},
+        // The ordinary rules come before the slab ones.
+        {gfp::kernel | gfp::dma32 | gfp::highmem, Problem::dma32_and_highmem},
+        {gfp::kernel | gfp::movable | gfp::dma32, Problem::movable_and_dma},
+        {gfp::highuser | gfp::nofail | gfp::noretry, Problem::nofail_and_noretry},
+        {gfp_t::from_bits(gfp::kernel.value | gfp::dma32.value | (1u << 9)), Problem::unknown_bits},
+    };
+    for (const auto& c : cases) {
+        BOOST_TEST_INFO("flags " << c.flags.to_string());
+        BOOST_TEST((c.flags.validate_slab() == c.expected));
+        BOOST_TEST((gfp::validate_slab(c.flags.value()) == c.expected));
+        // validate() and validate_exact() know nothing of the slab rules.
+        const bool slab_only = c.expected == Problem::slab_dma32 || c.expected == Problem::slab_highmem;
+        BOOST_TEST((c.flags.validate() == (slab_only ? Problem::none : c.expected)));
+        if (slab_only) BOOST_TEST((c.flags.validate_exact() != Problem::slab_dma32));
+    }
+    static_assert(gfp_t(gfp::highuser).validate_slab() == Problem::slab_highmem);
+    static_assert(gfp::validate_slab((gfp::kernel | gfp::dma32).value) == Problem::slab_dma32);
+    static_assert(gfp::validate_slab(gfp::kernel.value) == Problem::none);
+    // The compile-time form accepts what the run-time one accepts (its failing side: test/compile_fail/slab_*).
+    gfp::check_slab(gfp::kernel);
+    gfp::check_slab(gfp::atomic | gfp::zero);
+    gfp::check_slab(gfp::kernel | gfp::dma);
+    // One sentence each, naming the flag, the kind of allocation and the kernel's mask.
+    const std::string_view dma32 = gfp::describe(Problem::slab_dma32);
+    const std::string_view highmem = gfp::describe(Problem::slab_highmem);
+    BOOST_TEST(dma32.starts_with("gfp::dma32 cannot be used for a slab or kmalloc allocation"));
+    BOOST_TEST(highmem.starts_with("gfp::highmem cannot be used for a slab or kmalloc allocation"));
+    BOOST_TEST(dma32.find("GFP_SLAB_BUG_MASK") != std::string_view::npos);
+    BOOST_TEST(highmem.find("GFP_SLAB_BUG_MASK") != std::string_view::npos);
+    BOOST_TEST(highmem.find("gfp::highuser") != std::string_view::npos);
+    BOOST_TEST(dma32 != highmem);
+    BOOST_TEST(dma32.back() == '.');
+    BOOST_TEST(highmem.back() == '.');
+    BOOST_TEST(dma32 != gfp::describe(Problem::exact_highmem));
+    BOOST_TEST(highmem != gfp::describe(Problem::exact_highmem));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

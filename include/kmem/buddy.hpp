@@ -27,6 +27,7 @@
 
 #include <kmem/detail/policies.hpp>
 #include <kmem/detail/reports.hpp>
+#include <kmem/fault.hpp>
 #include <kmem/free_area.hpp>
 #include <kmem/gfp.hpp>
 #include <kmem/mem_map.hpp>
@@ -76,9 +77,9 @@ class BuddyAllocator : public PageApi<BuddyAllocator<MaxOrder, PageSize, Policie
     using policies = detail::PolicySet<Policies...>;
     static_assert(
         policies::template only<policy::region_policy_tag, policy::lock_policy_tag, policy::error_policy_tag,
-                                policy::zone_policy_tag, policy::pcp_policy_tag>,
-        "a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone or "
-        "policy::PerCpuPages.");
+                                policy::zone_policy_tag, policy::pcp_policy_tag, policy::fault_policy_tag>,
+        "a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone, "
+        "policy::PerCpuPages or a fault-injection policy (policy::FailPageAlloc).");
     static_assert(policies::template count<policy::region_policy_tag> == 1,
                   "BuddyAllocator needs exactly one Region policy (StaticRegion, SpanRegion, MmapRegion, "
                   "MemfdRegion, OffsetRegion, or a reference to one to borrow it).");
@@ -105,6 +106,8 @@ public:
         typename policies::template get<policy::error_policy_tag, policy::AssertOnError>;
     static_assert(policy::ErrorPolicy<error_policy_type>,
                   "the error policy needs on_error(const UsageError&).");
+    /// The fault-injection policy (policy::NoFaults by default; policy::FailPageAlloc is fail_page_alloc).
+    using fault_policy_type = typename policies::template get<policy::fault_policy_tag, policy::NoFaults>;
     /// The largest order (MAX_PAGE_ORDER); orders 0..max_order exist.
     static constexpr unsigned max_order = MaxOrder;
     /// Bytes per page (PAGE_SIZE).
@@ -189,6 +192,8 @@ public:
     const map_type& mem_map() const noexcept { return map_; }
     /// The error policy, e.g. to install a callback.
     error_policy_type& error_policy() noexcept { return error_; }
+    /// The fault-injection policy (set its attr() to make requests fail on purpose).
+    fault_policy_type& fault_policy() noexcept { return fault_; }
     /// Names the allocator in failure reports (the kernel prints the task's comm there); default "kmem".
     void set_name(std::string name) { name_ = std::move(name); }
     /// The node id printed by buddyinfo() (default 0).
@@ -285,6 +290,10 @@ private:
         if ((bits & gfp::bits::nofail) && order > 1) [[unlikely]] {
             count_failure();
             report({detail::Misuse::nofail_order, "alloc_pages", order});
+            return nullptr;
+        }
+        if (fault_.should_fail(bits, order)) [[unlikely]] { // should_fail_alloc_page(): fails quietly
+            count_failure();
             return nullptr;
         }
         const bool placed = !where.unrestricted();
@@ -583,6 +592,7 @@ private:
     std::uint64_t failures_ = 0;
     std::atomic<bool> warned_order_{false};
     [[no_unique_address]] error_policy_type error_;
+    [[no_unique_address]] fault_policy_type fault_;
     std::ostream* warn_ = &std::clog;
     std::string name_ = "kmem";
     int node_ = 0;

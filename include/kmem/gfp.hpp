@@ -202,6 +202,8 @@ enum class Problem : std::uint8_t {
     unknown_bits,                  ///< A bit that is not a GFP flag.
     exact_compound,                ///< __GFP_COMP on an exact allocation (alloc_pages_exact strips it).
     exact_highmem,                 ///< __GFP_HIGHMEM on an exact allocation (alloc_pages_exact strips it).
+    slab_dma32,                    ///< __GFP_DMA32 on a slab or kmalloc allocation (GFP_SLAB_BUG_MASK).
+    slab_highmem,                  ///< __GFP_HIGHMEM on a slab or kmalloc allocation (GFP_SLAB_BUG_MASK).
 };
 
 } // namespace gfp
@@ -223,6 +225,14 @@ constexpr Problem validate(std::uint32_t b) noexcept {
 constexpr Problem validate_exact(std::uint32_t b) noexcept {
     const Problem p = validate(b);
     return p != Problem::none ? p : detail::first_broken(b, detail::Scope::exact);
+}
+
+/// The first rule flags for a slab or kmalloc allocation break, or Problem::none: the rules of validate(), then
+/// the kernel's GFP_SLAB_BUG_MASK (no __GFP_DMA32, no __GFP_HIGHMEM), reported as Problem::slab_dma32 and
+/// Problem::slab_highmem.
+constexpr Problem validate_slab(std::uint32_t b) noexcept {
+    const Problem p = validate(b);
+    return p != Problem::none ? p : detail::first_broken(b, detail::Scope::slab);
 }
 
 /// The one-sentence explanation of a Problem; the compile-time checks print the same sentences.
@@ -286,6 +296,24 @@ constexpr void check_exact(Flags<B> flags) noexcept {
                          "mapped (note that gfp::highuser includes gfp::highmem).");
     static_assert(detail::count(detail::Scope::exact) == 2,
                   "each rule of scope `exact` in detail/gfp_rules.hpp needs its KMEM_GFP_RULE_ASSERT here.");
+}
+
+/// The compile-time form of validate_slab(), for the flags of a slab or kmalloc allocation: check(), then a
+/// static_assert each for gfp::dma32 and gfp::highmem (the kernel's GFP_SLAB_BUG_MASK).
+template <std::uint32_t B>
+constexpr void check_slab(Flags<B> flags) noexcept {
+    check(flags);
+    constexpr Problem broken = validate_slab(B);
+    KMEM_GFP_RULE_ASSERT(
+        broken, Problem::slab_dma32,
+        "gfp::dma32 cannot be used for a slab or kmalloc allocation (GFP_SLAB_BUG_MASK); use "
+        "gfp::dma, or allocate pages.");
+    KMEM_GFP_RULE_ASSERT(
+        broken, Problem::slab_highmem,
+        "gfp::highmem cannot be used for a slab or kmalloc allocation (GFP_SLAB_BUG_MASK): slab "
+        "memory must be permanently mapped (note that gfp::highuser includes gfp::highmem).");
+    static_assert(detail::count(detail::Scope::slab) == 2,
+                  "each rule of scope `slab` in detail/gfp_rules.hpp needs its KMEM_GFP_RULE_ASSERT here.");
 }
 
 #undef KMEM_GFP_RULE_ASSERT
@@ -391,6 +419,9 @@ public:
     /// The first rule these flags break as the flags of an exact allocation (alloc_pages_exact), or
     /// gfp::Problem::none: the rules of validate(), then gfp::Problem::exact_compound and exact_highmem.
     constexpr gfp::Problem validate_exact() const noexcept { return gfp::validate_exact(bits_); }
+    /// The first rule these flags break for a slab or kmalloc allocation, or gfp::Problem::none: the rules of
+    /// validate(), then gfp::Problem::slab_dma32 and slab_highmem (GFP_SLAB_BUG_MASK).
+    constexpr gfp::Problem validate_slab() const noexcept { return gfp::validate_slab(bits_); }
     /// The flags in the kernel's %pGg spelling, e.g. "GFP_KERNEL|__GFP_ZERO".
     std::string to_string() const { return gfp::to_string(bits_); }
     /// Union.

@@ -10,12 +10,18 @@
 #pragma once
 
 #include <kmem/buddy.hpp>
+#include <kmem/fault.hpp>
 #include <kmem/free_area.hpp>
 #include <kmem/gfp.hpp>
+#include <kmem/kmalloc.hpp>
+#include <kmem/kvmalloc.hpp>
 #include <kmem/mem_map.hpp>
+#include <kmem/memblock.hpp>
+#include <kmem/mempool.hpp>
 #include <kmem/page.hpp>
 #include <kmem/page_api.hpp>
 #include <kmem/pcp_lists.hpp>
+#include <kmem/percpu.hpp>
 #include <kmem/pmr.hpp>
 #include <kmem/policy/category.hpp>
 #include <kmem/policy/error.hpp>
@@ -23,6 +29,9 @@
 #include <kmem/policy/pcp.hpp>
 #include <kmem/policy/zone.hpp>
 #include <kmem/region.hpp>
+#include <kmem/scatterlist.hpp>
+#include <kmem/slab.hpp>
+#include <kmem/vmap.hpp>
 
 /// The kmem library: the Linux kernel's memory allocators as C++20 templates.
 namespace kmem {

@@ -24,6 +24,8 @@
 
 #include <bit>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -53,6 +55,20 @@ public:
     template <class... Args>
     explicit MemMap(Args&&... args)
         : region_(std::forward<Args>(args)...), table_(first_pfn_of(region_), page_count_of(region_)) {}
+    /// Builds the map over a region constructed from `args` (or bound to one) with its descriptors in `table`,
+    /// a table whose descriptors live in caller storage: Memblock::alloc_mem_map() places it inside the region
+    /// itself, as the kernel allocates mem_map from memblock.  Throws std::invalid_argument when the table does
+    /// not cover exactly the region's whole pages (first_pfn_of() and page_count_of()).
+    template <class... Args>
+    explicit MemMap(PageTable<PageSize>&& table, Args&&... args)
+        : region_(std::forward<Args>(args)...), table_(std::move(table)) {
+        if (table_.first_pfn() != first_pfn_of(region_) || table_.size() != page_count_of(region_))
+            throw std::invalid_argument(
+                "kmem: the page table given to MemMap covers " + std::to_string(table_.size()) +
+                " page frames from pfn " + std::to_string(table_.first_pfn()) +
+                " but the region's whole pages are " + std::to_string(page_count_of(region_)) + " from pfn " +
+                std::to_string(first_pfn_of(region_)));
+    }
     MemMap(const MemMap&) = delete;            ///< Not copyable.
     MemMap& operator=(const MemMap&) = delete; ///< Not copyable.
 
@@ -163,16 +179,20 @@ public:
         return {detail::Misuse::offset_unmanaged, op, offset};
     }
 
-private:
-    static std::uint64_t first_pfn_of(const region_type& r) noexcept { // rounds up without wrapping past 2^64
+    // ----- the pages a map covers ----------------------------------------------------------------------------
+
+    /// The first page frame a map over `r` covers: its first whole page (rounded up without wrapping past 2^64).
+    static std::uint64_t first_pfn_of(const region_type& r) noexcept {
         return (r.base() >> page_shift) + ((r.base() & (PageSize - 1)) != 0 ? 1 : 0);
     }
+    /// The number of page frames a map over `r` covers: its whole pages.
     static std::uint64_t page_count_of(const region_type& r) noexcept {
         const std::uint64_t first = first_pfn_of(r);
         const std::uint64_t end = (r.base() + r.size()) >> page_shift;
         return end > first ? end - first : 0;
     }
 
+private:
     RegionParam region_;
     PageTable<PageSize> table_;
     std::uint64_t reserved_ = 0;

@@ -19,7 +19,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <new>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -180,15 +182,37 @@ public:
         if (p == MAP_FAILED) throw std::bad_alloc();
         pages_ = static_cast<Page*>(p);
     }
+    /// A table for `count` page frames starting at `first_pfn` whose descriptors live in caller storage, as
+    /// the kernel's mem_map lives in memory taken from memblock (see Memblock::alloc_mem_map()).  The
+    /// descriptors are constructed zeroed in `storage`, which must hold `count` descriptors, be aligned for
+    /// them and outlive the table; the table does not free it.  Throws std::length_error for 2^32-1 frames or
+    /// more, std::invalid_argument when `storage` is too small or misaligned.
+    PageTable(std::uint64_t first_pfn, std::uint64_t count, std::span<std::byte> storage)
+        : first_(first_pfn), count_(count), owned_(false) {
+        if (count >= Page::nil)
+            throw std::length_error("kmem: a page table holds at most 2^32-1 page frames");
+        bytes_ = static_cast<std::size_t>(count) * sizeof(Page);
+        if (storage.size() < bytes_)
+            throw std::invalid_argument("kmem: the storage for " + std::to_string(count) +
+                                        " page descriptors holds " + std::to_string(storage.size()) +
+                                        " bytes but they need " + std::to_string(bytes_));
+        if (reinterpret_cast<std::uintptr_t>(storage.data()) % alignof(Page) != 0)
+            throw std::invalid_argument("kmem: the storage for page descriptors is not aligned to " +
+                                        std::to_string(alignof(Page)) + " bytes");
+        if (bytes_ == 0) return;
+        auto* first = reinterpret_cast<Page*>(storage.data());
+        std::uninitialized_value_construct_n(first, static_cast<std::size_t>(count));
+        pages_ = std::launder(first);
+    }
     PageTable(const PageTable&) = delete;            ///< Not copyable.
     PageTable& operator=(const PageTable&) = delete; ///< Not copyable.
     /// Moves the table.
     PageTable(PageTable&& o) noexcept
         : pages_(std::exchange(o.pages_, nullptr)), first_(o.first_), count_(std::exchange(o.count_, 0)),
-          bytes_(std::exchange(o.bytes_, 0)) {}
-    /// Unmaps the descriptors.
+          bytes_(std::exchange(o.bytes_, 0)), owned_(o.owned_) {}
+    /// Unmaps the descriptors (a table in caller storage leaves the storage alone).
     ~PageTable() {
-        if (pages_ != nullptr) ::munmap(pages_, bytes_);
+        if (pages_ != nullptr && owned_) ::munmap(pages_, bytes_);
     }
     /// The first page frame number covered.
     std::uint64_t first_pfn() const noexcept { return first_; }
@@ -213,12 +237,16 @@ public:
     Page& operator[](std::uint64_t i) const noexcept { return pages_[i]; }
     /// Bytes of descriptor memory reserved (16 per page frame at most).
     std::size_t metadata_bytes() const noexcept { return bytes_; }
+    /// True when the descriptors live in caller storage (the placing constructor), false for the table's own
+    /// anonymous mapping.
+    bool in_caller_storage() const noexcept { return !owned_; }
 
 private:
     Page* pages_ = nullptr;
     std::uint64_t first_ = 0;
     std::uint64_t count_ = 0;
     std::size_t bytes_ = 0;
+    bool owned_ = true; // the table mapped its descriptors itself and unmaps them
 };
 
 } // namespace kmem

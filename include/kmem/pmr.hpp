@@ -27,6 +27,13 @@
 
 namespace kmem {
 
+namespace detail {
+// A power of two (std::has_single_bit without -mpopcnt is a libgcc call on every pmr request).
+constexpr bool is_pow2(std::size_t a) noexcept {
+    return a != 0 && (a & (a - 1)) == 0;
+}
+} // namespace detail
+
 /// Satisfied by allocators with kmem's byte interface: try_allocate(flags, bytes, align) returning nullptr on
 /// failure, and deallocate(p, bytes, align).
 template <class A, class F = gfp::type<gfp::kernel>>
@@ -53,7 +60,7 @@ public:
 
 private:
     void* do_allocate(std::size_t bytes, std::size_t align) override {
-        if (!std::has_single_bit(align)) {
+        if (!detail::is_pow2(align)) {
             report_bad_alignment("do_allocate", bytes, align, "nothing was allocated");
             throw std::bad_alloc(); // the policy returned: pmr has no null result
         }
@@ -62,7 +69,7 @@ private:
         return p;
     }
     void do_deallocate(void* p, std::size_t bytes, std::size_t align) override {
-        if (!std::has_single_bit(align)) {
+        if (!detail::is_pow2(align)) {
             // The block's order follows from the alignment; with a wrong one, freeing would free a wrong order.
             report_bad_alignment("do_deallocate", bytes, align, "nothing was freed");
             return;
@@ -86,6 +93,49 @@ private:
     }
 
     Alloc* alloc_;
+};
+
+/// Satisfied by fixed-size allocators (object caches, pools): serves(bytes, align) says whether a request is
+/// theirs, on top of the byte interface.
+template <class A, class F = gfp::type<gfp::kernel>>
+concept FixedSizeAllocator = ByteAllocator<A, F> && requires(const A& a, std::size_t n) {
+    { a.serves(n, n) } -> std::convertible_to<bool>;
+};
+
+/// A std::pmr::memory_resource over a borrowed fixed-size kmem allocator (a SlabCache, a KmemCache, a MemPool):
+/// requests it serves (size and alignment) come from it, every other request goes to `upstream` (the default
+/// resource unless given), as std::pmr pools pass large requests upstream.  Memory from the allocator that
+/// runs out throws std::bad_alloc; it is not retried upstream, so deallocation can tell the two apart by size.
+template <class Alloc, class Flags = gfp::type<gfp::kernel>>
+requires FixedSizeAllocator<Alloc, Flags>
+class FixedSizeResource final : public std::pmr::memory_resource {
+public:
+    /// Borrows `alloc` and `upstream`.
+    explicit FixedSizeResource(
+        Alloc& alloc, std::pmr::memory_resource* upstream = std::pmr::get_default_resource()) noexcept
+        : alloc_(&alloc), upstream_(upstream) {}
+    /// The allocator behind the resource.
+    Alloc& allocator() const noexcept { return *alloc_; }
+    /// The resource other sizes go to.
+    std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
+
+private:
+    void* do_allocate(std::size_t bytes, std::size_t align) override {
+        if (!alloc_->serves(bytes, align)) return upstream_->allocate(bytes, align);
+        void* p = alloc_->try_allocate(Flags{}, bytes, align);
+        if (p == nullptr) throw std::bad_alloc();
+        return p;
+    }
+    void do_deallocate(void* p, std::size_t bytes, std::size_t align) override {
+        if (!alloc_->serves(bytes, align)) return upstream_->deallocate(p, bytes, align);
+        alloc_->deallocate(p, bytes, align);
+    }
+    bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+        return this == &other;
+    }
+
+    Alloc* alloc_;
+    std::pmr::memory_resource* upstream_;
 };
 
 } // namespace kmem

@@ -22,6 +22,7 @@ namespace kmem::gfp::detail {
 enum class Scope : std::uint8_t {
     every, ///< Every request (gfp::validate, gfp::check).
     exact, ///< Exact allocations only, on top of the rules for every request (alloc_pages_exact).
+    slab,  ///< Slab and kmalloc allocations, on top of the rules for every request (GFP_SLAB_BUG_MASK).
 };
 
 /// A rule's test over a raw mask: broken when every bit of `all` is set, at least one bit of `any` is set
@@ -90,6 +91,18 @@ inline constexpr std::array rules{
          {.all = bits::highmem},
          "gfp::highmem cannot be used for an exact allocation: its pages must be permanently mapped (note "
          "that gfp::highuser includes gfp::highmem)."},
+    // Slab objects live in permanently mapped memory: __GFP_DMA32 and __GFP_HIGHMEM are in GFP_SLAB_BUG_MASK
+    // (mm/slab.h) and the kernel BUG()s on them.
+    Rule{Problem::slab_dma32,
+         Scope::slab,
+         {.all = bits::dma32},
+         "gfp::dma32 cannot be used for a slab or kmalloc allocation (GFP_SLAB_BUG_MASK); use gfp::dma, or "
+         "allocate pages."},
+    Rule{Problem::slab_highmem,
+         Scope::slab,
+         {.all = bits::highmem},
+         "gfp::highmem cannot be used for a slab or kmalloc allocation (GFP_SLAB_BUG_MASK): slab memory must "
+         "be permanently mapped (note that gfp::highuser includes gfp::highmem)."},
 };
 
 /// The first rule of `scope` that mask `b` breaks, or Problem::none.

@@ -25,6 +25,7 @@
 #include <kmem/detail/cpu.hpp>
 #include <kmem/policy/lock.hpp>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -83,6 +84,20 @@ inline void rseq_fence(int cpu) noexcept {
     }
 }
 #endif
+
+/// A small stack of pointers (SLAB's array_cache, a magazine): the per-CPU object arrays of slab caches.  A
+/// PerCpu of PtrStack offers pop_local() and push_local(), which with restartable sequences do the whole
+/// operation in one critical section, committed by the store of `avail`.
+template <unsigned N>
+struct PtrStack {
+    std::uint32_t avail = 0;                ///< Entries in use: entry[0 .. avail).
+    std::array<void*, N> entry{};           ///< The pointers; entry[avail - 1] is the hot end.
+    static constexpr unsigned capacity = N; ///< N.
+};
+template <class T>
+inline constexpr bool is_ptr_stack = false;
+template <unsigned N>
+inline constexpr bool is_ptr_stack<PtrStack<N>> = true;
 
 /// One T per configured CPU (one in all when not Shared), each cache-line aligned with its own lock.
 template <class T, bool Shared>
@@ -189,6 +204,48 @@ public:
         for (unsigned c = count_; c-- > 0;) unlock(c);
     }
 
+    /// For a PtrStack: pops the hot end of the calling CPU's stack; nullptr when it is empty or its slot is
+    /// held (the caller takes its slow path).  With rseq no lock is taken: the pop is one restartable sequence.
+    void* pop_local() noexcept requires is_ptr_stack<T> {
+        if constexpr (!Shared) {
+            T& t = slots_[0].value;
+            return t.avail != 0 ? t.entry[--t.avail] : nullptr;
+        } else {
+#ifdef KMEM_DETAIL_RSEQ_LOCK
+            if (rseq_) [[likely]]
+                return rseq_pop_local();
+#endif
+            const int cpu = try_lock_local();
+            if (cpu < 0) return nullptr;
+            T& t = slots_[cpu].value;
+            void* p = t.avail != 0 ? t.entry[--t.avail] : nullptr;
+            unlock_local(static_cast<unsigned>(cpu));
+            return p;
+        }
+    }
+    /// For a PtrStack: pushes `p` on the calling CPU's stack when it holds fewer than `limit` entries; false
+    /// when it is full or its slot is held (the caller takes its slow path).
+    bool push_local(void* p, unsigned limit) noexcept requires is_ptr_stack<T> {
+        if constexpr (!Shared) {
+            T& t = slots_[0].value;
+            if (t.avail >= limit) return false;
+            t.entry[t.avail++] = p;
+            return true;
+        } else {
+#ifdef KMEM_DETAIL_RSEQ_LOCK
+            if (rseq_) [[likely]]
+                return rseq_push_local(p, limit);
+#endif
+            const int cpu = try_lock_local();
+            if (cpu < 0) return false;
+            T& t = slots_[cpu].value;
+            const bool ok = t.avail < limit;
+            if (ok) t.entry[t.avail++] = p;
+            unlock_local(static_cast<unsigned>(cpu));
+            return ok;
+        }
+    }
+
 private:
     struct alignas(64) Slot {
         std::uint32_t owner = 0;  // 1 while a local (or, without rseq, any) locker holds the slot
@@ -278,6 +335,111 @@ private:
             continue;
         busy:
             return -1;
+        }
+    }
+#endif
+
+#ifdef KMEM_DETAIL_RSEQ_LOCK
+    // pop_local() as one rseq critical section: same checks as the lock (cpu, owner, fenced), then
+    // out = entry[avail - 1] and the commit `avail = avail - 1`.
+    void* rseq_pop_local() noexcept requires is_ptr_stack<T> {
+        auto* rs =
+            reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset);
+        for (;;) {
+            const std::uint32_t cpu = __atomic_load_n(&rs->cpu_id_start, __ATOMIC_RELAXED);
+            if (cpu >= count_) [[unlikely]]
+                return nullptr;
+            Slot& s = slots_[cpu];
+            void* out;
+            asm goto(".pushsection __rseq_cs, \"aw\"\n\t"
+                     ".balign 32\n\t"
+                     "3:\n\t"
+                     ".long 0x0, 0x0\n\t"
+                     ".quad 1f, (2f - 1f), 4f\n\t"
+                     ".popsection\n\t"
+                     "leaq 3b(%%rip), %%rax\n\t"
+                     "movq %%rax, %[rseq_cs]\n\t"
+                     "1:\n\t"
+                     "cmpl %[cpu], %[current_cpu]\n\t"
+                     "jnz 4f\n\t"
+                     "cmpl $0, %[owner]\n\t"
+                     "jnz %l[none]\n\t"
+                     "cmpl $0, %[fenced]\n\t"
+                     "jnz %l[none]\n\t"
+                     "movl %[avail], %%eax\n\t"
+                     "testl %%eax, %%eax\n\t"
+                     "jz %l[none]\n\t"
+                     "subl $1, %%eax\n\t"
+                     "movq (%[entry], %%rax, 8), %[out]\n\t"
+                     "movl %%eax, %[avail]\n\t"
+                     "2:\n\t"
+                     ".pushsection __rseq_failure, \"ax\"\n\t"
+                     ".byte 0x0f, 0xb9, 0x3d\n\t"
+                     ".long 0x53053053\n\t"
+                     "4:\n\t"
+                     "jmp %l[restart]\n\t"
+                     ".popsection\n\t"
+                     : [out] "=&r"(out), [avail] "+m"(s.value.avail)
+                     : [cpu] "r"(cpu), [current_cpu] "m"(rs->cpu_id), [rseq_cs] "m"(rs->rseq_cs),
+                       [owner] "m"(s.owner), [fenced] "m"(s.fenced), [entry] "r"(s.value.entry.data())
+                     : "memory", "cc", "rax"
+                     : none, restart);
+            return out;
+        restart:
+            continue;
+        none:
+            return nullptr;
+        }
+    }
+    // push_local() as one rseq critical section: entry[avail] = p (harmless if the section restarts: the slot
+    // is above avail), then the commit `avail = avail + 1`.
+    bool rseq_push_local(void* p, unsigned limit) noexcept requires is_ptr_stack<T> {
+        auto* rs =
+            reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset);
+        for (;;) {
+            const std::uint32_t cpu = __atomic_load_n(&rs->cpu_id_start, __ATOMIC_RELAXED);
+            if (cpu >= count_) [[unlikely]]
+                return false;
+            Slot& s = slots_[cpu];
+            asm goto(".pushsection __rseq_cs, \"aw\"\n\t"
+                     ".balign 32\n\t"
+                     "3:\n\t"
+                     ".long 0x0, 0x0\n\t"
+                     ".quad 1f, (2f - 1f), 4f\n\t"
+                     ".popsection\n\t"
+                     "leaq 3b(%%rip), %%rax\n\t"
+                     "movq %%rax, %[rseq_cs]\n\t"
+                     "1:\n\t"
+                     "cmpl %[cpu], %[current_cpu]\n\t"
+                     "jnz 4f\n\t"
+                     "cmpl $0, %[owner]\n\t"
+                     "jnz %l[no]\n\t"
+                     "cmpl $0, %[fenced]\n\t"
+                     "jnz %l[no]\n\t"
+                     "movl %[avail], %%eax\n\t"
+                     "cmpl %[limit], %%eax\n\t"
+                     "jae %l[no]\n\t"
+                     "movq %[p], (%[entry], %%rax, 8)\n\t"
+                     "addl $1, %%eax\n\t"
+                     "movl %%eax, %[avail]\n\t"
+                     "2:\n\t"
+                     ".pushsection __rseq_failure, \"ax\"\n\t"
+                     ".byte 0x0f, 0xb9, 0x3d\n\t"
+                     ".long 0x53053053\n\t"
+                     "4:\n\t"
+                     "jmp %l[restart]\n\t"
+                     ".popsection\n\t"
+                     :
+                     : [cpu] "r"(cpu), [current_cpu] "m"(rs->cpu_id), [rseq_cs] "m"(rs->rseq_cs),
+                       [owner] "m"(s.owner), [fenced] "m"(s.fenced), [avail] "m"(s.value.avail),
+                       [entry] "r"(s.value.entry.data()), [p] "r"(p), [limit] "r"(limit)
+                     : "memory", "cc", "rax"
+                     : no, restart);
+            return true;
+        restart:
+            continue;
+        no:
+            return false;
         }
     }
 #endif

@@ -61,5 +61,25 @@ struct pcp_policy_tag {
         return true;
     }
 };
+/// The category of per-CPU slot policies (CpuSlots, ThreadSlots in kmem/percpu.hpp): which copy a this_cpu
+/// operation works on.
+struct percpu_slot_policy_tag {
+    /// Fires when a pack holds two of them.
+    template <int N>
+    static constexpr bool check_count() {
+        static_assert(N <= 1,
+                      "give at most one per-CPU slot policy (policy::CpuSlots or policy::ThreadSlots).");
+        return true;
+    }
+};
+/// The category of fault-injection policies (FailPageAlloc, FailSlab, NoFaults in kmem/fault.hpp).
+struct fault_policy_tag {
+    /// Fires when a pack holds two of them.
+    template <int N>
+    static constexpr bool check_count() {
+        static_assert(N <= 1, "give at most one fault-injection policy.");
+        return true;
+    }
+};
 
 } // namespace kmem::policy

@@ -40,6 +40,10 @@ enum class ErrorKind {
     not_addressable, ///< A host-address operation on a region that holds no host memory.
     bad_alignment, ///< The requested alignment is not a power of two (or is more than the allocator can give).
     bad_parameter, ///< A tuning parameter is out of range (e.g. per-CPU list batch and high).
+    slab_corruption, ///< A slab debug check found memory overwritten (SLUB's "Poison overwritten", "Redzone overwritten").
+    wrong_cache, ///< An object was freed to a cache it does not belong to (SLUB's "Wrong slab cache").
+    not_object,  ///< A pointer inside a slab is not the start of an object (SLUB's "Invalid object pointer").
+    objects_remain, ///< A cache was destroyed while objects were still allocated ("Slab cache still has objects").
 };
 
 /// A short name for an ErrorKind ("double free", "wrong order", ...).
@@ -69,6 +73,14 @@ constexpr std::string_view to_string(ErrorKind k) noexcept {
         return "bad alignment";
     case ErrorKind::bad_parameter:
         return "parameter out of range";
+    case ErrorKind::slab_corruption:
+        return "slab corruption";
+    case ErrorKind::wrong_cache:
+        return "wrong slab cache";
+    case ErrorKind::not_object:
+        return "not an object";
+    case ErrorKind::objects_remain:
+        return "objects remain";
     }
     return "unknown error";
 }
