@@ -70,7 +70,7 @@ BOOST_FIXTURE_TEST_CASE(above_kmalloc_max_size_falls_back_to_vmalloc, Fixture) {
     BOOST_TEST(zero);
     std::memset(p, 0x5a, 1 << 20);
     kv.kvfree(p);
-    BOOST_TEST(vm.stats().vmap_areas == 0u);
+    BOOST_TEST(vm.stats().vmalloc_areas == 0u);
     BOOST_TEST(all_back());
 }
 
@@ -92,7 +92,7 @@ BOOST_FIXTURE_TEST_CASE(fragmented_memory_falls_back_even_below_kmalloc_max_size
 BOOST_FIXTURE_TEST_CASE(callers_that_cannot_sleep_get_no_fallback, Fixture) {
     BOOST_TEST(kv.kvmalloc(1 << 20, kmem::gfp::atomic) == nullptr);
     BOOST_TEST(kv.kvmalloc(1 << 20, kmem::gfp::nowait) == nullptr);
-    BOOST_TEST(vm.stats().vmap_areas == 0u);
+    BOOST_TEST(vm.stats().vmalloc_areas == 0u);
     void* small = kv.kvmalloc(2000, kmem::gfp::atomic); // kmalloc still serves them
     BOOST_TEST(small != nullptr);
     kv.kvfree(small);

@@ -18,6 +18,7 @@
 #include <kmem/gfp.hpp>
 #include <kmem/kmalloc.hpp>
 #include <kmem/mempool.hpp>
+#include <kmem/pmr.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
 #include <kmem/region.hpp>
@@ -985,3 +986,22 @@ BOOST_AUTO_TEST_CASE(model_200k_operations) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// The generic pmr adapter over a MemPool of memory: blocks from the pool, other sizes upstream.
+BOOST_AUTO_TEST_CASE(fixed_size_resource_over_a_page_address_pool) {
+    using Buddy = kmem::BuddyAllocator<6, 4096, kmem::MmapRegion>;
+    Buddy buddy(kmem::MmapRegion(1 << 20));
+    kmem::MemPool<kmem::PageAddressSource<Buddy>, kmem::policy::NoLock> pool(4, {buddy, 0});
+    std::pmr::monotonic_buffer_resource upstream_buffer;
+    kmem::FixedSizeResource<decltype(pool)> resource(pool, &upstream_buffer);
+    BOOST_TEST(pool.serves(4096, 4096));
+    BOOST_TEST(!pool.serves(4097, 8));
+    void* a = resource.allocate(3000, 64);
+    BOOST_TEST(reinterpret_cast<std::uintptr_t>(a) % 4096 == 0u);
+    BOOST_TEST(buddy.virt_to_page(a) != nullptr, "served by the pool's pages");
+    void* b = resource.allocate(10'000, 8); // too large: upstream
+    BOOST_TEST(buddy.virt_to_page(b) == nullptr);
+    resource.deallocate(b, 10'000, 8);
+    resource.deallocate(a, 3000, 64);
+    BOOST_TEST(pool.curr_nr() == 4u);
+}

@@ -14,6 +14,7 @@
 //   written and checked through both views, invariants and reports checked along the way; seed printed.
 #include <kmem/buddy.hpp>
 #include <kmem/page.hpp>
+#include <kmem/pmr.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
 #include <kmem/policy/zone.hpp>
@@ -38,6 +39,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory_resource>
 #include <optional>
 #include <regex>
 #include <set>
@@ -1103,3 +1105,25 @@ BOOST_AUTO_TEST_CASE(random_operations_against_a_shadow_model) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// The generic pmr adapter over VirtualMap: large buffers from vmalloc, page-aligned, freed with vfree.
+BOOST_AUTO_TEST_CASE(pmr_memory_resource_over_vmalloc) {
+    using PmrBuddy = kmem::BuddyAllocator<4, 4096, kmem::MemfdRegion>; // largest block 64 KiB
+    PmrBuddy buddy(kmem::MemfdRegion(8 << 20));
+    kmem::VirtualMap<PmrBuddy&> vm(buddy);
+    kmem::MemoryResource<kmem::VirtualMap<PmrBuddy&>> resource(vm);
+    {
+        std::pmr::vector<std::uint64_t> big(&resource);
+        big.resize(100'000); // 800 KB: more than any buddy block, contiguous through the mapping
+        for (std::size_t i = 0; i < big.size(); ++i) big[i] = i * 3;
+        BOOST_TEST(vm.is_vmalloc_addr(big.data()));
+        BOOST_TEST(reinterpret_cast<std::uintptr_t>(big.data()) % 4096 == 0u);
+        std::uint64_t sum = 0;
+        for (std::uint64_t v : big) sum += v;
+        BOOST_TEST(sum == 3ull * (99'999ull * 100'000ull / 2));
+        BOOST_TEST(vm.stats().vmalloc_areas >= 1u);
+    }
+    BOOST_TEST(vm.stats().vmalloc_areas == 0u);
+    BOOST_TEST(buddy.nr_free_pages() == buddy.total_pages());
+    BOOST_CHECK_THROW((void)resource.allocate(4096, 8192), std::bad_alloc); // more than page alignment
+}

@@ -321,6 +321,27 @@ public:
         return e;
     }
 
+    /// True when a request of `bytes` with alignment `align` fits an element (kmem::FixedSizeResource asks);
+    /// only for pools of memory whose source says its element size and alignment.
+    bool serves(std::size_t bytes,
+                std::size_t align) const noexcept requires detail::SizedSource<source_type> &&
+        (!std::is_same_v<std::remove_cv_t<std::remove_pointer_t<pointer>>, Page>) {
+        return bytes <= source().element_size() && align <= source().element_align();
+    }
+    /// Byte interface for kmem::FixedSizeResource (the generic pmr adapter): an element when serves() accepts
+    /// the request, else nullptr.
+    template <std::uint32_t B>
+    void* try_allocate(gfp::Flags<B> flags, std::size_t bytes,
+                       std::size_t align) requires detail::SizedSource<source_type> &&
+        (!std::is_same_v<std::remove_cv_t<std::remove_pointer_t<pointer>>, Page>) {
+        return serves(bytes, align) ? static_cast<void*>(alloc(flags)) : nullptr;
+    }
+    /// Byte interface: returns an element from try_allocate().
+    void deallocate(void* p, std::size_t, std::size_t) requires detail::SizedSource<source_type> &&
+        (!std::is_same_v<std::remove_cv_t<std::remove_pointer_t<pointer>>, Page>) {
+        free(static_cast<pointer>(p));
+    }
+
     /// Returns an element (mempool_free): into the reserve while it holds fewer than min_nr (one for a pool
     /// of min_nr 0), waking the callers waiting for one; otherwise back to the source.  nullptr is ignored.  On a
     /// policy::NoLock pool, a free while no element is out is reported (ErrorKind::double_free) and changes
@@ -796,7 +817,7 @@ private:
     }
 
     void* do_allocate(std::size_t bytes, std::size_t align) override {
-        if (!std::has_single_bit(align)) {
+        if (align == 0 || (align & (align - 1)) != 0) {
             report_bad_alignment("do_allocate", bytes, align, "nothing was allocated");
             throw std::bad_alloc();
         }
@@ -809,7 +830,7 @@ private:
         return upstream_->allocate(bytes, align);
     }
     void do_deallocate(void* p, std::size_t bytes, std::size_t align) override {
-        if (!std::has_single_bit(align)) {
+        if (align == 0 || (align & (align - 1)) != 0) {
             report_bad_alignment("do_deallocate", bytes, align, "nothing was freed");
             return;
         }

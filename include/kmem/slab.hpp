@@ -896,12 +896,12 @@ private:
         colours_ = static_cast<std::uint32_t>((slab - objects_ * stride_) / colour_off_) + 1;
         recip_ = (std::uint64_t{1} << 32) / stride_ + 1; // exact for offsets below a slab (stride <= 2^24)
         // The per-CPU array size: SLAB's enable_cpucache for objects above a page (8, or 1 above 128 KiB); for
-        // smaller ones about 64 KiB of objects, 8 to 1024 of them (tcmalloc-sized; SLAB stopped at 120, which a
+        // smaller ones up to 256 KiB of objects, 8 to 1024 of them (tcmalloc-sized; SLAB stopped at 120, which a
         // burst of a thousand allocations outruns).
         limit_ = stride_ > 131072 ? 1
                  : stride_ > page_size
                      ? 8
-                     : static_cast<unsigned>(std::clamp<std::size_t>(65536 / stride_, 8, 1024));
+                     : static_cast<unsigned>(std::clamp<std::size_t>(262144 / stride_, 8, 1024));
         batch_ = (limit_ + 1) / 2;
 #ifdef KMEM_DETAIL_SLAB_VALGRIND
         VALGRIND_CREATE_MEMPOOL(this, 0, 0);

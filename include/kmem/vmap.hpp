@@ -559,6 +559,16 @@ public:
     /// (out_of_region, not_block_start, misaligned or double_free) and nothing changes.
     void vfree(const void* addr) { release(addr, "vfree"); }
 
+    /// Byte interface for kmem::MemoryResource (the generic pmr adapter, for large buffers): vmalloc(bytes,
+    /// flags) for alignments up to a page (areas are page-aligned); nullptr for larger alignments.
+    template <std::uint32_t B>
+    void* try_allocate(gfp::Flags<B> flags, std::size_t bytes, std::size_t align) {
+        if (align > page_size) return nullptr;
+        return vmalloc(bytes == 0 ? 1 : bytes, flags, VmCaller("pmr"));
+    }
+    /// Byte interface: frees an area from try_allocate() (vfree).
+    void deallocate(void* p, std::size_t, std::size_t) { vfree(p); }
+
     // ----- vmap ---------------------------------------------------------------------------------------------
 
     /// Maps the caller's pages, in order, at consecutive addresses of a fresh range of the window (vmap); the

@@ -105,7 +105,7 @@ class PerCpu {
 public:
     /// One slot per configured CPU (sysconf(_SC_NPROCESSORS_CONF)), or a single one when not Shared; each T is
     /// value-initialised.
-    PerCpu() : count_(cpus()), slots_(std::make_unique<Slot[]>(count_)) {
+    PerCpu() : count_(cpus()), slots_(Shared ? std::make_unique<Slot[]>(count_) : nullptr) {
 #ifdef KMEM_DETAIL_RSEQ_LOCK
         if constexpr (Shared) rseq_ = rseq_slots_available();
 #endif
@@ -117,11 +117,11 @@ public:
     }
     /// Slot `cpu`'s value (the caller holds its lock, or owns the whole set).
     T& operator[](unsigned cpu) noexcept {
-        return slots_[cpu].value;
+        return slot(cpu).value;
     }
     /// Slot `cpu`'s value, read-only.
     const T& operator[](unsigned cpu) const noexcept {
-        return slots_[cpu].value;
+        return slot(cpu).value;
     }
     /// True when slots are locked with restartable sequences (no locked instruction on the hot path).
     bool uses_rseq() const noexcept {
@@ -152,13 +152,13 @@ public:
                 return rseq_try_lock_local();
 #endif
             const unsigned c = local_slot();
-            return spin_try_lock(slots_[c]) ? static_cast<int>(c) : -1;
+            return spin_try_lock(slot(c)) ? static_cast<int>(c) : -1;
         }
     }
     /// Releases a slot taken by try_lock_local().
     void unlock_local(unsigned cpu) noexcept {
         if constexpr (Shared)
-            std::atomic_ref<std::uint32_t>(slots_[cpu].owner).store(0, std::memory_order_release);
+            std::atomic_ref<std::uint32_t>(slot(cpu).owner).store(0, std::memory_order_release);
     }
 
     /// Takes slot `cpu`, waiting for it (a remote CPU's pcp lock).  Release it with unlock().
@@ -166,21 +166,21 @@ public:
         if constexpr (Shared) {
 #ifdef KMEM_DETAIL_RSEQ_LOCK
             if (rseq_) {
-                fence_begin(slots_[cpu]);
+                fence_begin(slot(cpu));
                 rseq_fence(static_cast<int>(cpu));
-                wait_released(slots_[cpu]);
-                return slots_[cpu].value;
+                wait_released(slot(cpu));
+                return slot(cpu).value;
             }
 #endif
-            while (!spin_try_lock(slots_[cpu])) pause();
+            while (!spin_try_lock(slot(cpu))) pause();
         }
-        return slots_[cpu].value;
+        return slot(cpu).value;
     }
     /// Releases slot `cpu` taken by lock().
     void unlock(unsigned cpu) noexcept {
         if constexpr (Shared) {
 #ifdef KMEM_DETAIL_RSEQ_LOCK
-            if (rseq_) return fence_end(slots_[cpu]);
+            if (rseq_) return fence_end(slot(cpu));
 #endif
             unlock_local(cpu);
         }
@@ -190,9 +190,9 @@ public:
         if constexpr (Shared) {
 #ifdef KMEM_DETAIL_RSEQ_LOCK
             if (rseq_) {
-                for (unsigned c = 0; c < count_; ++c) fence_begin(slots_[c]);
+                for (unsigned c = 0; c < count_; ++c) fence_begin(slot(c));
                 rseq_fence(-1);
-                for (unsigned c = 0; c < count_; ++c) wait_released(slots_[c]);
+                for (unsigned c = 0; c < count_; ++c) wait_released(slot(c));
                 return;
             }
 #endif
@@ -208,7 +208,7 @@ public:
     /// held (the caller takes its slow path).  With rseq no lock is taken: the pop is one restartable sequence.
     void* pop_local() noexcept requires is_ptr_stack<T> {
         if constexpr (!Shared) {
-            T& t = slots_[0].value;
+            T& t = slot(0).value;
             return t.avail != 0 ? t.entry[--t.avail] : nullptr;
         } else {
 #ifdef KMEM_DETAIL_RSEQ_LOCK
@@ -217,7 +217,7 @@ public:
 #endif
             const int cpu = try_lock_local();
             if (cpu < 0) return nullptr;
-            T& t = slots_[cpu].value;
+            T& t = slot(cpu).value;
             void* p = t.avail != 0 ? t.entry[--t.avail] : nullptr;
             unlock_local(static_cast<unsigned>(cpu));
             return p;
@@ -227,7 +227,7 @@ public:
     /// when it is full or its slot is held (the caller takes its slow path).
     bool push_local(void* p, unsigned limit) noexcept requires is_ptr_stack<T> {
         if constexpr (!Shared) {
-            T& t = slots_[0].value;
+            T& t = slot(0).value;
             if (t.avail >= limit) return false;
             t.entry[t.avail++] = p;
             return true;
@@ -238,7 +238,7 @@ public:
 #endif
             const int cpu = try_lock_local();
             if (cpu < 0) return false;
-            T& t = slots_[cpu].value;
+            T& t = slot(cpu).value;
             const bool ok = t.avail < limit;
             if (ok) t.entry[t.avail++] = p;
             unlock_local(static_cast<unsigned>(cpu));
@@ -301,7 +301,7 @@ private:
             const std::uint32_t cpu = __atomic_load_n(&rs->cpu_id_start, __ATOMIC_RELAXED);
             if (cpu >= count_) [[unlikely]]
                 return -1;
-            Slot& s = slots_[cpu];
+            Slot& s = slot(cpu);
             asm goto(".pushsection __rseq_cs, \"aw\"\n\t"
                      ".balign 32\n\t"
                      "3:\n\t"
@@ -341,7 +341,9 @@ private:
 
 #ifdef KMEM_DETAIL_RSEQ_LOCK
     // pop_local() as one rseq critical section: same checks as the lock (cpu, owner, fenced), then
-    // out = entry[avail - 1] and the commit `avail = avail - 1`.
+    // out = entry[avail - 1] and the commit `avail = avail - 1`.  No asm output operands: with outputs in an
+    // asm goto, g++ 12 at -O1 (with sanitizers) returned a stale register on the `none` path, so the popped
+    // pointer goes through memory and the asm only reads its operands.
     void* rseq_pop_local() noexcept requires is_ptr_stack<T> {
         auto* rs =
             reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset);
@@ -349,8 +351,8 @@ private:
             const std::uint32_t cpu = __atomic_load_n(&rs->cpu_id_start, __ATOMIC_RELAXED);
             if (cpu >= count_) [[unlikely]]
                 return nullptr;
-            Slot& s = slots_[cpu];
-            void* out;
+            Slot& s = slot(cpu);
+            void* out = nullptr;
             asm goto(".pushsection __rseq_cs, \"aw\"\n\t"
                      ".balign 32\n\t"
                      "3:\n\t"
@@ -370,7 +372,8 @@ private:
                      "testl %%eax, %%eax\n\t"
                      "jz %l[none]\n\t"
                      "subl $1, %%eax\n\t"
-                     "movq (%[entry], %%rax, 8), %[out]\n\t"
+                     "movq (%[entry], %%rax, 8), %%rdx\n\t"
+                     "movq %%rdx, (%[out])\n\t"
                      "movl %%eax, %[avail]\n\t"
                      "2:\n\t"
                      ".pushsection __rseq_failure, \"ax\"\n\t"
@@ -379,10 +382,11 @@ private:
                      "4:\n\t"
                      "jmp %l[restart]\n\t"
                      ".popsection\n\t"
-                     : [out] "=&r"(out), [avail] "+m"(s.value.avail)
+                     :
                      : [cpu] "r"(cpu), [current_cpu] "m"(rs->cpu_id), [rseq_cs] "m"(rs->rseq_cs),
-                       [owner] "m"(s.owner), [fenced] "m"(s.fenced), [entry] "r"(s.value.entry.data())
-                     : "memory", "cc", "rax"
+                       [owner] "m"(s.owner), [fenced] "m"(s.fenced), [avail] "m"(s.value.avail),
+                       [entry] "r"(s.value.entry.data()), [out] "r"(&out)
+                     : "memory", "cc", "rax", "rdx"
                      : none, restart);
             return out;
         restart:
@@ -400,7 +404,7 @@ private:
             const std::uint32_t cpu = __atomic_load_n(&rs->cpu_id_start, __ATOMIC_RELAXED);
             if (cpu >= count_) [[unlikely]]
                 return false;
-            Slot& s = slots_[cpu];
+            Slot& s = slot(cpu);
             asm goto(".pushsection __rseq_cs, \"aw\"\n\t"
                      ".balign 32\n\t"
                      "3:\n\t"
@@ -444,8 +448,24 @@ private:
     }
 #endif
 
+    // Slot `c`: one of the array when Shared, else the one slot held inline (no pointer to follow).
+    Slot& slot(unsigned c) noexcept {
+        if constexpr (Shared)
+            return slots_[c];
+        else
+            return (void)c, single_;
+    }
+    const Slot& slot(unsigned c) const noexcept {
+        if constexpr (Shared)
+            return slots_[c];
+        else
+            return (void)c, single_;
+    }
+    struct NoSlot {};
+
     unsigned count_;
     std::unique_ptr<Slot[]> slots_;
+    [[no_unique_address]] std::conditional_t<Shared, NoSlot, Slot> single_{};
     bool rseq_ = false;
 };
 
