@@ -1,7 +1,8 @@
 // A short tour of kmem: a buddy allocator at work, the /proc/buddyinfo table before and after, pages split and
 // merged, an offset-only (device memory) region, error detection, the GFP rules checked at compile time, and
 // per-CPU page lists, then object caches and kmalloc with their /proc/slabinfo and slabtop tables, and
-// vmalloc / kvmalloc with /proc/vmallocinfo.
+// vmalloc / kvmalloc with /proc/vmallocinfo, and a node of two zones with its buddyinfo and zoneinfo, zonelist
+// fallback and a compaction.
 #include <kmem/kmem.hpp>
 
 #include <cstdio>
@@ -196,6 +197,77 @@ int main() {
     vm.vfree(ring);
     const bool vmap_ok = vm.check_invariants().empty();
 
-    return buddy.check_invariants().empty() && fast.check_invariants().empty() && caches_ok && vmap_ok ? 0
-                                                                                                       : 1;
+    heading("12. a node with zones: fallback, watermarks, compaction");
+    using Node = kmem::Node<10, 4096,
+                            kmem::Zones<kmem::ZoneSpec<kmem::ZoneType::dma32, kmem::MmapRegion>,
+                                        kmem::ZoneSpec<kmem::ZoneType::normal, kmem::MmapRegion>>,
+                            kmem::policy::MutexLock>;
+    Node node(kmem::MmapRegion(1 << 20, {.alignment = 1 << 20}),
+              kmem::MmapRegion(4 << 20, {.alignment = 4 << 20}));
+    node.set_warning_stream(nullptr);
+    std::vector<void*> normal_pages;
+    while (void* p = node.get_free_pages(kmem::gfp::kernel | kmem::gfp::nowarn, 0)) {
+        if (node.zone_of(p) != kmem::ZoneType::normal) {
+            std::cout << "  GFP_KERNEL filled ZONE_NORMAL to its low watermark (" << node.nr_free_pages()
+                      << " pages"
+                      << " free in all), then fell back to ZONE_DMA32 (node page "
+                      << node.mem_map().page_offset(node.virt_to_page(p)) / 4096 << ")\n";
+            node.free_pages(p, 0);
+            break;
+        }
+        normal_pages.push_back(p);
+    }
+    for (void* p : normal_pages) node.free_pages(p, 0);
+    node.drain_all_pages();
+    std::cout << node.buddyinfo() << node.zoneinfo();
+    // Anti-fragmentation: unmovable and movable pages are kept in different pageblocks.
+    void* kernel_page = node.get_free_pages(kmem::gfp::kernel, 0);
+    void* user_page = node.get_free_pages(kmem::gfp::highuser_movable, 0);
+    std::cout << "  one GFP_KERNEL page and one GFP_HIGHUSER_MOVABLE page later, /proc/pagetypeinfo:\n"
+              << node.pagetypeinfo();
+    node.free_pages(kernel_page, 0);
+    node.free_pages(user_page, 0);
+    // Fragment ZONE_NORMAL with movable pages: fill it, then free every other one.
+    node.set_watermarks(kmem::ZoneType::normal, {0, 0, 0});
+    std::vector<kmem::MovableHandle> movable;
+    while (auto h = node.alloc_movable(kmem::gfp::highuser_movable | kmem::gfp::nowarn, 0)) {
+        if (node.zone_of(node.movable_address(h)) != kmem::ZoneType::normal) {
+            node.free_movable(h);
+            break;
+        }
+        std::snprintf(static_cast<char*>(node.pin(h).get()), 32, "page %zu", movable.size());
+        movable.push_back(h);
+    }
+    std::vector<kmem::MovableHandle> kept;
+    for (std::size_t i = 0; i < movable.size(); ++i) {
+        if (i % 2 == 0)
+            node.free_movable(movable[i]);
+        else
+            kept.push_back(movable[i]);
+    }
+    node.drain_all_pages();
+    std::cout << "  ZONE_NORMAL fragmented: " << kept.size()
+              << " movable pages kept, every other one freed\n  "
+              << node.buddyinfo().substr(node.buddyinfo().find("Node 0, zone   Normal"))
+              << "  fragmentation index of order 4: "
+              << node.fragmentation_index(kmem::ZoneType::normal, 4) / 1000.0
+              << " (towards 1: failure from fragmentation)\n";
+    const kmem::CompactResult cr = node.compact_zone(kmem::ZoneType::normal, 4);
+    std::cout << "  compact_zone(Normal, order 4): " << cr.pages_moved << " pages moved, "
+              << (cr.success ? "an order-4 block is free" : "no order-4 block") << "\n  "
+              << node.buddyinfo().substr(node.buddyinfo().find("Node 0, zone   Normal"));
+    bool contents_ok = true;
+    for (std::size_t i = 0; i < kept.size(); ++i) {
+        char want[32];
+        std::snprintf(want, sizeof want, "page %zu", 2 * i + 1);
+        contents_ok = contents_ok && std::string(static_cast<char*>(node.pin(kept[i]).get())) == want;
+        node.free_movable(kept[i]);
+    }
+    std::cout << "  every moved page kept its content: " << (contents_ok ? "yes" : "NO") << "\n";
+    const bool node_ok = contents_ok && cr.success && node.check_invariants().empty();
+
+    return buddy.check_invariants().empty() && fast.check_invariants().empty() && caches_ok && vmap_ok &&
+                   node_ok
+               ? 0
+               : 1;
 }

@@ -52,8 +52,13 @@
 #include <string_view>
 #include <thread>
 #include <type_traits>
+#include <utility>
 
 namespace kmem {
+
+namespace detail {
+struct ZoneAccess; // a Node's door to its zones' primitives (zone.hpp)
+} // namespace detail
 
 /// A snapshot of a buddy allocator's counters (/proc/vmstat and /proc/buddyinfo figures).
 template <unsigned MaxOrder>
@@ -77,9 +82,10 @@ class BuddyAllocator : public PageApi<BuddyAllocator<MaxOrder, PageSize, Policie
     using policies = detail::PolicySet<Policies...>;
     static_assert(
         policies::template only<policy::region_policy_tag, policy::lock_policy_tag, policy::error_policy_tag,
-                                policy::zone_policy_tag, policy::pcp_policy_tag, policy::fault_policy_tag>,
+                                policy::zone_policy_tag, policy::pcp_policy_tag, policy::fault_policy_tag,
+                                policy::migrate_policy_tag>,
         "a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone, "
-        "policy::PerCpuPages or a fault-injection policy (policy::FailPageAlloc).");
+        "policy::PerCpuPages, policy::MigrateTypes or a fault-injection policy (policy::FailPageAlloc).");
     static_assert(policies::template count<policy::region_policy_tag> == 1,
                   "BuddyAllocator needs exactly one Region policy (StaticRegion, SpanRegion, MmapRegion, "
                   "MemfdRegion, OffsetRegion, or a reference to one to borrow it).");
@@ -123,6 +129,10 @@ public:
     static constexpr bool may_sleep = lock_type::may_sleep;
     /// True when the allocator keeps per-CPU page lists (policy::PerCpuPages).
     static constexpr bool has_pcp = policies::template count<policy::pcp_policy_tag> == 1;
+    /// True when pageblocks carry migrate types (policy::MigrateTypes): free lists per order and type.
+    static constexpr bool has_migrate_types = policies::template count<policy::migrate_policy_tag> == 1;
+    /// The free area type.
+    using area_type = FreeArea<MaxOrder, has_migrate_types ? nr_migrate_types : 1>;
     /// The largest order served from the per-CPU page lists (PAGE_ALLOC_COSTLY_ORDER); meaningful with has_pcp.
     static constexpr unsigned pcp_max_order =
         pcp_policy::max_order < MaxOrder ? pcp_policy::max_order : MaxOrder;
@@ -169,6 +179,40 @@ public:
         s.frees += frees_;
         s.failures = failures_;
         return s;
+    }
+    /// Free blocks of `order` on the lists of migrate type `mt` (/proc/pagetypeinfo); with no migrate types,
+    /// type 0 holds everything.
+    std::uint64_t nr_free(unsigned order, unsigned mt) const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return area_.nr_free(order, mt);
+    }
+    /// Pageblocks of migrate type `mt` (the "Number of blocks type" table).
+    std::uint64_t nr_pageblocks(unsigned mt) const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return area_.nr_pageblocks(mt);
+    }
+    /// The migrate type of the pageblock holding `page` (get_pageblock_migratetype).
+    unsigned pageblock_migratetype(const Page* page) const {
+        const index_t i = map_.index_of(page);
+        if (i == Page::nil) return 0;
+        policy::LockGuard<lock_type> guard(lock_);
+        return area_.pageblock_type(i);
+    }
+    /// Allocations that fell back to another migrate type's block, and the pageblocks they claimed.
+    std::pair<std::uint64_t, std::uint64_t> fallback_counts() const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return {area_.fallbacks(), area_.steals()};
+    }
+    /// Pages in HIGHATOMIC reserve pageblocks (nr_reserved_highatomic).
+    std::uint64_t reserved_highatomic() const {
+        policy::LockGuard<lock_type> guard(lock_);
+        return area_.reserved_highatomic();
+    }
+    /// Gives one HIGHATOMIC pageblock back to migrate type `mt` (unreserve_highatomic_pageblock); false when
+    /// none is reserved.
+    bool unreserve_highatomic(unsigned mt = static_cast<unsigned>(MigrateType::movable)) {
+        policy::LockGuard<lock_type> guard(lock_);
+        return area_.unreserve_highatomic(mt);
     }
     /// The largest order with a free block, or -1 when nothing is free.
     int largest_free_order() const {
@@ -251,9 +295,10 @@ public:
 
 private:
     using index_t = detail::page_index;
-    using pcp_type =
-        std::conditional_t<has_pcp, PcpLists<pcp_max_order, !std::is_same_v<lock_type, policy::NoLock>>,
-                           detail::NoPcpLists>;
+    using pcp_type = std::conditional_t<has_pcp,
+                                        PcpLists<pcp_max_order, !std::is_same_v<lock_type, policy::NoLock>,
+                                                 has_migrate_types ? nr_pcp_migrate_types : 1>,
+                                        detail::NoPcpLists>;
     static constexpr std::uint16_t flag(PageFlag f) noexcept { return detail::flag(f); }
     Page& page(index_t i) const noexcept { return map_[i]; }
     std::uint64_t pfn_of(index_t i) const noexcept { return map_.first_pfn() + i; }
@@ -297,31 +342,81 @@ private:
             return nullptr;
         }
         const bool placed = !where.unrestricted();
-        if constexpr (has_pcp) { // rmqueue_pcplist()
-            if (order <= pcp_max_order && !placed) [[likely]] {
-                const int cpu = pcp_.try_lock_local();
-                if (cpu >= 0) [[likely]] {
-                    const index_t i = pcp_.alloc(static_cast<unsigned>(cpu), area_, lock_, order);
-                    pcp_.unlock_local(static_cast<unsigned>(cpu));
-                    if (i != Page::nil) [[likely]]
-                        return finish_alloc(i, order, bits);
-                }
-            }
-        }
-        index_t i = zone_alloc(order, where, placed);
+        const unsigned mt = gfp_migratetype(bits);
+        index_t i = take_fast(order, where, placed, mt);
         if (i == Page::nil) [[unlikely]] {
             i = alloc_slowpath(bits, order, where, placed);
             if (i == Page::nil) return nullptr;
         }
         return finish_alloc(i, order, bits);
     }
-    // Takes a block from the free lists under the zone lock (__rmqueue()).
-    index_t zone_alloc(unsigned order, const Placement& where, bool placed) {
-        policy::LockGuard<lock_type> guard(lock_);
-        return take_locked(order, where, placed);
+    // A block from the calling CPU's list (rmqueue_pcplist()), else from the free lists; Page::nil when neither
+    // has one.
+    index_t take_fast(unsigned order, const Placement& where, bool placed, unsigned mt) {
+        if constexpr (has_pcp) {
+            if (order <= pcp_max_order && !placed) [[likely]] {
+                const int cpu = pcp_.try_lock_local();
+                if (cpu >= 0) [[likely]] {
+                    const index_t i = pcp_.alloc(static_cast<unsigned>(cpu), area_, lock_, order, mt);
+                    pcp_.unlock_local(static_cast<unsigned>(cpu));
+                    if (i != Page::nil) [[likely]]
+                        return i;
+                }
+            }
+        }
+        return zone_alloc(order, where, placed, mt);
     }
-    index_t take_locked(unsigned order, const Placement& where, bool placed) noexcept {
-        const index_t i = placed ? take_placed(order, where) : area_.rmqueue_smallest(order);
+    // For a zone of a Node (detail::ZoneAccess): one attempt, no failure counted or reported, no waiting; with
+    // `drain`, pages parked on per-CPU lists are drained and the free lists tried again.
+    // With `highatomic` (a high-order request that cannot block: ALLOC_HIGHATOMIC), HIGHATOMIC reserves are
+    // tried first and the pageblock of what is taken becomes one (reserve_highatomic_pageblock); with
+    // `highatomic_last` (a request that cannot block: ALLOC_NON_BLOCK) they are the last resort (rmqueue_buddy).
+    Page* try_alloc(std::uint32_t bits, unsigned order, const Placement& where, bool drain, bool highatomic,
+                    bool highatomic_last) {
+        const bool placed = !where.unrestricted();
+        const unsigned mt = gfp_migratetype(bits);
+        index_t i = Page::nil;
+        if constexpr (has_migrate_types) {
+            if (highatomic && order > 0 && !placed) {
+                policy::LockGuard<lock_type> guard(lock_);
+                i = area_.rmqueue_smallest(order, static_cast<unsigned>(MigrateType::highatomic));
+                if (i != Page::nil) ++allocations_;
+            }
+        }
+        if (i == Page::nil) i = take_fast(order, where, placed, mt);
+        if constexpr (has_pcp) {
+            if (i == Page::nil && drain) {
+                pcp_.lock_all();
+                {
+                    policy::LockGuard<lock_type> guard(lock_);
+                    if (pcp_.drain_all_locked(area_) != 0) i = take_locked(order, where, placed, mt);
+                }
+                pcp_.unlock_all();
+            }
+        }
+        if constexpr (has_migrate_types) {
+            if (i == Page::nil && (highatomic || highatomic_last) && !placed) {
+                policy::LockGuard<lock_type> guard(lock_);
+                i = area_.rmqueue_smallest(order, static_cast<unsigned>(MigrateType::highatomic));
+                if (i != Page::nil) ++allocations_;
+            }
+        }
+        if (i == Page::nil) return nullptr;
+        if constexpr (has_migrate_types) {
+            if (highatomic && order > 0) {
+                policy::LockGuard<lock_type> guard(lock_);
+                area_.reserve_highatomic(i);
+            }
+        }
+        return finish_alloc(i, order, bits);
+    }
+    // Takes a block from the free lists under the zone lock (__rmqueue()).
+    index_t zone_alloc(unsigned order, const Placement& where, bool placed, unsigned mt) {
+        policy::LockGuard<lock_type> guard(lock_);
+        return take_locked(order, where, placed, mt);
+    }
+    index_t take_locked(unsigned order, const Placement& where, bool placed, unsigned mt) noexcept {
+        const index_t i = placed ? take_placed(order, where) : area_.rmqueue(order, mt);
         if (i != Page::nil) ++allocations_;
         return i;
     }
@@ -340,6 +435,7 @@ private:
     // threads free then waits for memory and retries until it gets it, as the kernel's slow path loops.
     index_t alloc_slowpath(std::uint32_t bits, unsigned order, const Placement& where, bool placed) {
         constexpr bool others_may_free = !std::is_same_v<lock_type, policy::NoLock>;
+        const unsigned mt = gfp_migratetype(bits);
         auto backoff = std::chrono::microseconds(1);
         for (bool first = true;; first = false) {
             index_t i = Page::nil;
@@ -347,13 +443,13 @@ private:
                 pcp_.lock_all();
                 {
                     policy::LockGuard<lock_type> guard(lock_);
-                    i = take_locked(order, where, placed);
+                    i = take_locked(order, where, placed, mt);
                     if (i == Page::nil && pcp_.drain_all_locked(area_) != 0)
-                        i = take_locked(order, where, placed);
+                        i = take_locked(order, where, placed, mt);
                 }
                 pcp_.unlock_all();
             } else if (!first) {
-                i = zone_alloc(order, where, placed);
+                i = zone_alloc(order, where, placed, mt);
             }
             if (i != Page::nil) return i;
             const bool wait = others_may_free && (bits & gfp::bits::nofail);
@@ -537,13 +633,29 @@ private:
         if (diag) report(diag);
     }
 
-    // Checks that index i heads an allocated block of `order`; diagnoses the mistake otherwise.  Zone lock held.
+    // For a Node's compaction (detail::ZoneAccess): the free scanner's next target block (see
+    // FreeArea::take_highest_below), set up as an allocation with `bits`.
+    Page* take_compaction_target(index_t& cursor, unsigned order, index_t lo, std::uint32_t bits) {
+        index_t i;
+        {
+            policy::LockGuard<lock_type> guard(lock_);
+            i = area_.take_highest_below(cursor, order, lo);
+            if (i != Page::nil) ++allocations_;
+        }
+        return i == Page::nil ? nullptr : finish_alloc(i, order, bits);
+    }
+    // alloc_pages_exact: a block of get_order(bytes), then its unused tail back to the free lists.
     Page* alloc_exact_core(std::uint32_t bits, std::size_t bytes) {
-        const std::uint64_t pages = bytes == 0 ? 1 : (std::uint64_t{bytes} - 1) / PageSize + 1;
         const unsigned order = get_order<PageSize>(bytes);
         if (order > MaxOrder) return order_above_max(bits, order, "alloc_pages_exact");
         Page* p = alloc_core(bits & ~gfp::bits::comp, order, Placement{});
-        if (p == nullptr) return nullptr;
+        return p == nullptr ? nullptr : trim_exact(p, bytes);
+    }
+    // Makes the first ceil(bytes / PageSize) pages of a fresh block of get_order(bytes) order-0 pages of the
+    // caller's and gives the rest back (the tail of alloc_pages_exact / make_alloc_exact).
+    Page* trim_exact(Page* p, std::size_t bytes) {
+        const std::uint64_t pages = bytes == 0 ? 1 : (std::uint64_t{bytes} - 1) / PageSize + 1;
+        const unsigned order = get_order<PageSize>(bytes);
         const auto i = static_cast<index_t>(map_.page_to_pfn(p) - map_.first_pfn());
         for (index_t k = 0; k < pages; ++k)
             mark_allocated(page(i + k), 0); // the caller's pages: no lock needed
@@ -582,8 +694,10 @@ private:
         return detail::check_tiling(map_, area_.free_pages(), pcp_sum, reserved_);
     }
 
+    friend struct detail::ZoneAccess;
+
     map_param map_;
-    FreeArea<MaxOrder> area_;
+    area_type area_;
     [[no_unique_address]] pcp_type pcp_;
     mutable lock_type lock_;
     std::uint64_t reserved_ = 0;

@@ -30,8 +30,10 @@
 #include <kmem/policy/zone.hpp>
 #include <kmem/region.hpp>
 #include <kmem/scatterlist.hpp>
+#include <kmem/shrinker.hpp>
 #include <kmem/slab.hpp>
 #include <kmem/vmap.hpp>
+#include <kmem/zone.hpp>
 
 /// The kmem library: the Linux kernel's memory allocators as C++20 templates.
 namespace kmem {

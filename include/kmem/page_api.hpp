@@ -281,7 +281,9 @@ protected:
         static_assert(
             policy::zone_serves(Derived::zone, gfp::zone_of(B)),
             "the GFP zone modifier asks for a zone this allocator was not built with (e.g. gfp::dma on "
-            "a ZONE_NORMAL allocator); add policy::InZone for that zone or drop the modifier.");
+            "a ZONE_NORMAL allocator, or on a Node without ZONE_DMA: requests fall back only to lower "
+            "zones); "
+            "add that zone (policy::InZone, or a ZoneSpec of the Node) or drop the modifier.");
         static_assert(Derived::may_sleep || !gfp::may_sleep(B),
                       "these GFP flags may sleep (gfp::direct_reclaim) but this allocator's lock policy is a "
                       "non-sleeping spin lock; use gfp::atomic or gfp::nowait, or a sleeping lock.");

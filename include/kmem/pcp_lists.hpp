@@ -28,6 +28,7 @@
 
 #include <kmem/detail/index_list.hpp>
 #include <kmem/detail/per_cpu_sets.hpp>
+#include <kmem/free_area.hpp>
 #include <kmem/page.hpp>
 #include <kmem/policy/lock.hpp>
 
@@ -51,12 +52,17 @@ constexpr unsigned zone_batchsize(std::uint64_t managed_pages) noexcept {
 }
 
 /// Per-CPU lists of free blocks of order 0..PcpMaxOrder (struct per_cpu_pages); one set per configured CPU when
-/// Shared (the allocator has a lock), one in all otherwise.
-template <unsigned PcpMaxOrder, bool Shared>
+/// Shared (the allocator has a lock), one in all otherwise.  With Types = nr_pcp_migrate_types there is one list
+/// per order and migrate type (list order * Types + type), as the kernel's NR_PCP_LISTS.
+template <unsigned PcpMaxOrder, bool Shared, unsigned Types = 1>
 class PcpLists {
 public:
-    /// The number of lists in a set (NR_PCP_LISTS for one migrate type).
-    static constexpr unsigned nr_lists = PcpMaxOrder + 1;
+    /// The number of migrate types kept apart (1, or MIGRATE_PCPTYPES).
+    static constexpr unsigned nr_types = Types;
+    /// The number of lists in a set (NR_PCP_LISTS).
+    static constexpr unsigned nr_lists = (PcpMaxOrder + 1) * Types;
+    /// The order of the blocks on list `k`.
+    static constexpr unsigned order_of_list(unsigned k) noexcept { return k / Types; }
     /// One CPU's lists and counters.
     struct Set {
         std::uint32_t count = 0; ///< Pages held (pcp->count).
@@ -114,14 +120,15 @@ public:
     /// __rmqueue_pcplist(): pops a block of `order` from set `cpu` (locked by the caller), refilling the list from
     /// `area` under `zone_lock` when it is empty (rmqueue_bulk); Page::nil when nothing is free there.
     template <class Area, class ZoneLock>
-    detail::page_index alloc(unsigned cpu, Area& area, ZoneLock& zone_lock, unsigned order) noexcept {
+    detail::page_index alloc(unsigned cpu, Area& area, ZoneLock& zone_lock, unsigned order,
+                             unsigned mt = 0) noexcept {
         Set& s = sets_[cpu];
-        detail::IndexList& list = s.lists[order];
+        detail::IndexList& list = s.lists[order * Types + (Types > 1 ? mt : 0)];
         s.free_count >>= 1;
         if (list.empty()) [[unlikely]] {
             if (s.refills >= refill_streak_limit) return Page::nil; // an allocation streak: use the free area
             ++s.refills;
-            refill(s, area, zone_lock, order);
+            refill(s, area, zone_lock, order, Types > 1 ? mt : 0);
             if (list.empty()) return Page::nil;
         }
         ++s.allocations;
@@ -151,7 +158,12 @@ public:
             for (detail::page_index k = 1; k < (detail::page_index{1} << order); ++k)
                 detail::PageAccess::set_flags(pages[i + k], 0);
         link(s, pages, i, order);
-        s.lists[order].push_front(pages, i);
+        unsigned mt = 0;
+        if constexpr (Types > 1) { // HIGHATOMIC pages go on the movable list (free_unref_page)
+            mt = area.pageblock_type(i);
+            if (mt >= Types) mt = static_cast<unsigned>(MigrateType::movable);
+        }
+        s.lists[order * Types + mt].push_front(pages, i);
         ++s.frees;
         if (s.count >= high_) [[unlikely]] {
             policy::LockGuard<ZoneLock> guard(zone_lock);
@@ -226,12 +238,12 @@ public:
                         return "per-CPU block at pfn " + std::to_string(first_pfn + b) + " (cpu " +
                                std::to_string(c) + ")";
                     };
-                    if (!p.test(PageFlag::pcp) || p.order() != k)
+                    if (!p.test(PageFlag::pcp) || p.order() != order_of_list(k))
                         problem =
                             at() + " is on list " + std::to_string(k) + " without the pcp flag of that order";
                     else if (detail::PageAccess::prev(p) != prev)
                         problem = at() + " has a broken back link";
-                    else if (((first_pfn + b) & ((std::uint64_t{1} << k) - 1)) != 0)
+                    else if (((first_pfn + b) & ((std::uint64_t{1} << order_of_list(k)) - 1)) != 0)
                         problem = at() + " is not aligned to its order";
                     else if (p.refcount() != 0)
                         problem = at() + " has a non-zero reference count";
@@ -242,7 +254,7 @@ public:
                 if (count > span) return "per-CPU list " + std::to_string(k) + where() + " has a cycle";
                 if (prev != s.lists[k].back())
                     return "per-CPU list " + std::to_string(k) + where() + " has a wrong tail";
-                held += count << k;
+                held += count << order_of_list(k);
             }
             if (held != s.count)
                 return "cpu " + std::to_string(c) + " counts " + std::to_string(s.count) +
@@ -260,15 +272,15 @@ private:
     }
     // rmqueue_bulk(): batch >> order blocks (at least 2), in address order, under the zone lock.
     template <class Area, class ZoneLock>
-    void refill(Set& s, Area& area, ZoneLock& zone_lock, unsigned order) noexcept {
+    void refill(Set& s, Area& area, ZoneLock& zone_lock, unsigned order, unsigned mt) noexcept {
         const unsigned want = (batch_ >> order) > 2u ? batch_ >> order : 2u;
         Page* pages = area.pages();
         policy::LockGuard<ZoneLock> guard(zone_lock);
         for (unsigned n = 0; n < want; ++n) {
-            const detail::page_index i = area.rmqueue_smallest(order);
+            const detail::page_index i = area.rmqueue(order, mt);
             if (i == Page::nil) break;
             link(s, pages, i, order);
-            s.lists[order].push_back(pages, i);
+            s.lists[order * Types + mt].push_back(pages, i);
         }
     }
     // free_pcppages_bulk(): at least `pages` pages (or all there are) from the cold ends, round robin over the
@@ -282,10 +294,11 @@ private:
             while (s.lists[o].empty()) o = (o + 1) % nr_lists; // count > 0: some list is not empty
             s.next_spill = (o + 1) % nr_lists;
             const detail::page_index i = s.lists[o].pop_back(table);
-            s.count -= 1u << o;
+            const unsigned order = order_of_list(o);
+            s.count -= 1u << order;
             detail::PageAccess::set_flags(table[i], 0);
-            area.free_one_page(i, o);
-            done += std::uint64_t{1} << o;
+            area.free_one_page(i, order);
+            done += std::uint64_t{1} << order;
         }
     }
 

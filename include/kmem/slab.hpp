@@ -37,6 +37,7 @@
 #include <kmem/page.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
+#include <kmem/shrinker.hpp>
 
 #include <algorithm>
 #include <array>
@@ -612,6 +613,25 @@ public:
         release_descriptor_pages(); // a cache left without slabs gives its descriptor pages back too
         return n;
     }
+    /// A shrinker for this cache, to register with a Node (register_shrinker) so that memory pressure gives its
+    /// free memory back: count_objects is the free objects held in per-CPU arrays and empty slabs, scan_objects
+    /// runs shrink() (the kernel shrinks slab caches from reclaim through kmem_cache_shrink / cache_reap) and
+    /// returns the objects it released.  The cache must outlive the registration.
+    Shrinker shrinker() {
+        Shrinker s;
+        s.name = cfg_.name;
+        s.count_objects = [this](const ShrinkControl&) -> std::uint64_t {
+            const std::uint64_t n = reclaimable_objects();
+            return n == 0 ? shrink_empty : n;
+        };
+        s.scan_objects = [this](ShrinkControl&) -> std::uint64_t {
+            const std::uint64_t before = reclaimable_objects();
+            shrink();
+            const std::uint64_t after = reclaimable_objects();
+            return before > after ? before - after : 0;
+        };
+        return s;
+    }
     /// Empties every CPU's array of free objects into the slabs (drain_cpu_caches / flush_all); returns the
     /// pages of the slabs that became empty beyond min_partial and went back to the page allocator.
     std::uint64_t drain_cpu_arrays() {
@@ -743,6 +763,11 @@ public:
         return cpus_.uses_rseq();
     }
 
+    /// Free objects that shrink() could give back: those held in per-CPU arrays and in empty slabs.
+    std::uint64_t reclaimable_objects() const {
+        const SlabStats st = stats();
+        return st.cpu_objs + (st.num_slabs - st.active_slabs) * st.objperslab;
+    }
     /// The cache's figures for slabinfo() and slabtop().
     SlabStats stats() const {
         SlabStats s;
@@ -1585,6 +1610,8 @@ public:
     std::string validate() const { return cache_.validate(); }
     /// The figures for slabinfo().
     SlabStats stats() const { return cache_.stats(); }
+    /// A shrinker for this cache (KmemCache::shrinker()).
+    Shrinker shrinker() { return cache_.shrinker(); }
     /// The untyped cache.
     cache_type& cache() noexcept { return cache_; }
     /// The untyped cache, read-only.

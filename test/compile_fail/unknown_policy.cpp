@@ -1,4 +1,4 @@
-// expect: a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone, policy::PerCpuPages or a fault-injection policy
+// expect: a BuddyAllocator policy must be a Region, a lock policy, an error policy, policy::InZone, policy::PerCpuPages, policy::MigrateTypes or a fault-injection policy
 // Rule: every policy argument must be recognisable.
 #include <kmem/buddy.hpp>
 

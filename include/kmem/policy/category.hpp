@@ -72,6 +72,15 @@ struct percpu_slot_policy_tag {
         return true;
     }
 };
+/// The category of the anti-fragmentation policy (MigrateTypes in kmem/policy/pcp.hpp).
+struct migrate_policy_tag {
+    /// Fires when a pack holds two of them.
+    template <int N>
+    static constexpr bool check_count() {
+        static_assert(N <= 1, "give policy::MigrateTypes at most once.");
+        return true;
+    }
+};
 /// The category of fault-injection policies (FailPageAlloc, FailSlab, NoFaults in kmem/fault.hpp).
 struct fault_policy_tag {
     /// Fires when a pack holds two of them.

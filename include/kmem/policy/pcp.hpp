@@ -44,6 +44,14 @@ struct PerCpuPages {
     static constexpr unsigned max_order = MaxOrder;
 };
 
+/// Turns on the kernel's anti-fragmentation: pageblocks with migrate types, free lists per order and type,
+/// fallback with pageblock claiming, HIGHATOMIC reserves, and per-CPU lists per type (see free_area.hpp).
+/// A request's type comes from its flags (gfp::movable, gfp::reclaimable).  A Node's zones always have it.
+struct MigrateTypes {
+    /// This is the anti-fragmentation policy.
+    using policy_category = migrate_policy_tag;
+};
+
 /// True for PerCpuPages<...> instantiations.
 template <class P>
 inline constexpr bool is_per_cpu_pages = false;
