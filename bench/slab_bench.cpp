@@ -36,6 +36,7 @@
 #include "support/cli.hpp"
 #include "support/peers.hpp"
 #include "support/report.hpp"
+#include "support/threads.hpp"
 
 #include <benchmark/benchmark.h>
 #if __has_include(<boost/pool/object_pool.hpp>)
@@ -68,6 +69,11 @@
 #include <unistd.h>
 
 namespace {
+
+using kmem::bench::cpu_share;
+using kmem::bench::cpu_shares;
+using kmem::bench::run_threads;
+using kmem::bench::thread_cpu_seconds;
 
 constexpr unsigned kMaxOrder = 10;
 constexpr std::size_t kPageSize = 4096;
@@ -358,54 +364,6 @@ private:
     std::size_t tail_seen_ = 0;                    // the consumer's copy of tail_
     alignas(64) std::array<void*, capacity> slot_{};
 };
-
-// Per threaded case, the share of the threads' wall time they spent on a CPU, one figure per iteration: below
-// 0.9 the threads did not get their cores (other work on the machine) and the figure is inflated.
-std::map<std::string, std::vector<double>, std::less<>>& cpu_shares() {
-    static std::map<std::string, std::vector<double>, std::less<>> shares;
-    return shares;
-}
-std::optional<double> cpu_share(std::string_view name) {
-    const auto it = cpu_shares().find(name);
-    if (it == cpu_shares().end() || it->second.empty()) return std::nullopt;
-    std::vector<double> v = it->second;
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
-double thread_cpu_seconds() {
-    timespec ts{};
-    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-// Runs `n` threads, each calling body(thread index) once; returns the wall time from the moment all are ready
-// to the last one's end, and records under `key` the CPU share (summed thread CPU time / (n * wall time)).
-template <class Body>
-double run_threads(const std::string& key, unsigned n, Body body) {
-    std::atomic<unsigned> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<double> cpu(n, 0.0);
-    std::vector<std::thread> pool;
-    pool.reserve(n);
-    for (unsigned t = 0; t < n; ++t)
-        pool.emplace_back([&, t] {
-            ready.fetch_add(1, std::memory_order_acq_rel);
-            while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-            const double c0 = thread_cpu_seconds();
-            body(t);
-            cpu[t] = thread_cpu_seconds() - c0;
-        });
-    while (ready.load(std::memory_order_acquire) < n) std::this_thread::yield();
-    const auto start = std::chrono::steady_clock::now();
-    go.store(true, std::memory_order_release);
-    for (std::thread& th : pool) th.join();
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    double sum = 0;
-    for (double c : cpu) sum += c;
-    cpu_shares()[key].push_back(wall > 0 ? sum / (n * wall) : 0.0);
-    return wall;
-}
 
 // Every thread allocates and frees its own objects.
 template <class Api>

@@ -19,6 +19,7 @@
 #include <kmem/region.hpp>
 
 #include "support/buddy_checker.hpp"
+#include "support/cpus.hpp"
 #include "support/random.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -217,24 +218,8 @@ std::chrono::milliseconds time_budget() {
     return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
-// The CPUs this process may run on (sched_getaffinity), at most 64 of them.
-std::vector<int> allowed_cpus() {
-    std::vector<int> out;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
-    for (int c = 0; c < CPU_SETSIZE && out.size() < 64; ++c)
-        if (CPU_ISSET(c, &set)) out.push_back(c);
-    return out;
-}
-
-// Moves the calling thread to `cpu` (a migration, as the scheduler makes them); false when refused.
-bool move_to(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return ::pthread_setaffinity_np(::pthread_self(), sizeof set, &set) == 0;
-}
+using kmem::test::allowed_cpus;
+using kmem::test::move_to;
 
 // What a run of churn() saw.
 struct Churn {

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -475,6 +476,67 @@ BOOST_AUTO_TEST_CASE(fail_page_alloc_applies_once_per_request_and_spares_nofail)
     node.free_pages(p, 0);
     BOOST_TEST(node.fault_policy().failures() == 1u);
     BOOST_TEST(node.stats().failures == 1u);
+}
+
+// The sweep of issue #8: fail the k-th page allocation a node sees, for every k until a run sees no failure,
+// while a workload mixes zones, a slab cache over the node, exact and movable allocations and compaction.  After
+// each run everything is freed: every page must be back and every invariant must hold, whichever request failed.
+BOOST_AUTO_TEST_CASE(sweep_failing_the_kth_page_allocation_of_a_node) {
+    using Faulty =
+        kmem::Node<10, page,
+                   kmem::Zones<ZoneSpec<ZoneType::dma32, MmapRegion>, ZoneSpec<ZoneType::normal, MmapRegion>>,
+                   policy::MutexLock, policy::ThrowOnError, kmem::policy::FailPageAlloc>;
+    Faulty node(MmapRegion(1 << 20), MmapRegion(2 << 20));
+    node.set_warning_stream(nullptr);
+    const std::uint64_t total = node.total_pages();
+    int runs = 0;
+    for (std::uint64_t k = 1;; ++k) {
+        node.fault_policy().attr() = kmem::FaultAttr{.fail_nth = k};
+        node.fault_policy().reseed();
+        std::uint64_t nulls = 0;
+        {
+            kmem::KmemCache<Faulty, policy::MutexLock> cache(node, "sweep", 200);
+            std::vector<void*> objs, exact;
+            std::vector<std::pair<void*, unsigned>> pages;
+            std::vector<kmem::MovableHandle> movable;
+            for (int i = 0; i < 120; ++i) {
+                const auto note = [&](bool ok) { nulls += ok ? 0 : 1; };
+                void* o = cache.alloc(gfp::kernel | gfp::nowarn);
+                note(o != nullptr);
+                if (o != nullptr) objs.push_back(o);
+                void* p = i % 2 == 0 ? node.get_free_pages(gfp::kernel | gfp::nowarn, i % 3)
+                                     : node.get_free_pages(gfp::kernel | gfp::dma32 | gfp::nowarn, i % 3);
+                note(p != nullptr);
+                if (p != nullptr) pages.emplace_back(p, static_cast<unsigned>(i % 3));
+                if (i % 10 == 0) {
+                    void* e = node.alloc_pages_exact(3 * page, gfp::kernel | gfp::nowarn);
+                    note(e != nullptr);
+                    if (e != nullptr) exact.push_back(e);
+                    auto h = node.alloc_movable(gfp::highuser_movable | gfp::nowarn, 0);
+                    note(static_cast<bool>(h));
+                    if (h) {
+                        std::memset(node.pin(h).get(), i, page);
+                        movable.push_back(h);
+                    }
+                }
+                if (i % 30 == 29) (void)node.compact();
+            }
+            BOOST_TEST_REQUIRE(node.check_invariants() == "", "k = " << k);
+            BOOST_TEST_REQUIRE(cache.validate() == "", "k = " << k);
+            for (void* o : objs) cache.free(o);
+            for (auto [p, order] : pages) node.free_pages(p, order);
+            for (void* e : exact) node.free_pages_exact(e, 3 * page);
+            for (auto h : movable) node.free_movable(h);
+            BOOST_TEST_REQUIRE(cache.destroy(), "k = " << k);
+        }
+        node.drain_all_pages();
+        BOOST_TEST_REQUIRE(node.check_invariants() == "", "k = " << k);
+        BOOST_TEST_REQUIRE(node.nr_free_pages() == total, "k = " << k << ": pages lost");
+        ++runs;
+        if (node.fault_policy().failures() == 0) break; // k is past the last page allocation of the workload
+        BOOST_TEST_REQUIRE(nulls <= 1u, "one injected failure fails at most one request (k = " << k << ")");
+    }
+    BOOST_TEST(runs > 20);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
