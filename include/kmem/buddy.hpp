@@ -366,6 +366,29 @@ private:
         }
         return zone_alloc(order, where, placed, mt);
     }
+    // For a zone of a Node (detail::ZoneAccess): the first attempt of an unplaced request, as try_alloc() with no
+    // drain and no HIGHATOMIC use, kept small so that the node's fast path inlines it.
+    Page* try_alloc_fast(std::uint32_t bits, unsigned order) {
+        index_t i = Page::nil;
+        const unsigned mt = gfp_migratetype(bits);
+        if constexpr (has_pcp) {
+            if (order <= pcp_max_order) [[likely]] {
+                const int cpu = pcp_.try_lock_local();
+                if (cpu >= 0) [[likely]] {
+                    i = pcp_.alloc(static_cast<unsigned>(cpu), area_, lock_, order, mt);
+                    pcp_.unlock_local(static_cast<unsigned>(cpu));
+                }
+            }
+        }
+        if (i == Page::nil) [[unlikely]]
+            i = zone_alloc_noinline(order, mt);
+        if (i == Page::nil) [[unlikely]]
+            return nullptr;
+        return finish_alloc(i, order, bits);
+    }
+    [[gnu::noinline]] index_t zone_alloc_noinline(unsigned order, unsigned mt) {
+        return zone_alloc(order, Placement{}, false, mt);
+    }
     // For a zone of a Node (detail::ZoneAccess): one attempt, no failure counted or reported, no waiting; with
     // `drain`, pages parked on per-CPU lists are drained and the free lists tried again.
     // With `highatomic` (a high-order request that cannot block: ALLOC_HIGHATOMIC), HIGHATOMIC reserves are
@@ -529,28 +552,10 @@ private:
     // list, a larger block or a mistake takes the zone lock, where detail::diagnose_free() diagnoses mistakes,
     // which are reported after the lock is released.
     void free_core(index_t i, unsigned order, std::string_view op, bool put = false) {
-        if constexpr (has_pcp) {
-            if (order <= pcp_max_order) [[likely]] {
-                const int cpu = pcp_.try_lock_local();
-                if (cpu >= 0) [[likely]] {
-                    Page& p = page(i);
-                    if (is_allocated_block(p, order)) [[likely]] {
-                        if (!detail::PageAccess::put_testzero(p)) {
-                            pcp_.unlock_local(static_cast<unsigned>(cpu));
-                        } else if (!pcp_.should_bypass(static_cast<unsigned>(cpu), order)) [[likely]] {
-                            pcp_.free(static_cast<unsigned>(cpu), area_, lock_, i, order);
-                            pcp_.unlock_local(static_cast<unsigned>(cpu));
-                        } else { // a long run of frees: straight to the free lists
-                            pcp_.unlock_local(static_cast<unsigned>(cpu));
-                            policy::LockGuard<lock_type> guard(lock_);
-                            release_block(i, order);
-                        }
-                        return;
-                    }
-                    pcp_.unlock_local(static_cast<unsigned>(cpu));
-                }
-            }
-        }
+        if (!free_to_pcp(i, order)) free_under_lock(i, order, op, put);
+    }
+    // The part of free_core() under the zone lock: no per-CPU lists, a busy set, a larger block or a mistake.
+    void free_under_lock(index_t i, unsigned order, std::string_view op, bool put) {
         bool done;
         {
             policy::LockGuard<lock_type> guard(lock_);
@@ -560,6 +565,42 @@ private:
         }
         if (!done) [[unlikely]]
             free_slowpath(i, order, op, put);
+    }
+    // The per-CPU part of free_core() (free_unref_page()), also a Node's fast path (detail::ZoneAccess): true
+    // when the block was dealt with (a valid free of a small block while the calling CPU's set was free).  The
+    // pageblock's migrate type is read before the set is taken, so that the lookup's latency overlaps the lock.
+    bool free_to_pcp(index_t i, unsigned order) noexcept {
+        if constexpr (has_pcp) {
+            if (order <= pcp_max_order) [[likely]] {
+                const unsigned mt = area_.pageblock_type(i);
+                const int cpu = pcp_.try_lock_local();
+                if (cpu >= 0) [[likely]] {
+                    Page& p = page(i);
+                    if (is_allocated_block(p, order)) [[likely]] {
+                        if (!detail::PageAccess::put_testzero(p)) {
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                        } else if (!pcp_.should_bypass(static_cast<unsigned>(cpu), order)) [[likely]] {
+                            pcp_.free(static_cast<unsigned>(cpu), area_, lock_, i, order, mt);
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                        } else { // a long run of frees: straight to the free lists
+                            pcp_.unlock_local(static_cast<unsigned>(cpu));
+                            release_bypass(i, order);
+                        }
+                        return true;
+                    }
+                    pcp_.unlock_local(static_cast<unsigned>(cpu));
+                }
+            }
+        }
+        return false;
+    }
+    [[gnu::noinline]] void release_bypass(index_t i, unsigned order) noexcept {
+        policy::LockGuard<lock_type> guard(lock_);
+        release_block(i, order);
+    }
+    // For a zone of a Node: free_core() when free_to_pcp() said no, out of line.
+    [[gnu::noinline]] void free_core_locked(index_t i, unsigned order, std::string_view op, bool put) {
+        free_under_lock(i, order, op, put);
     }
     // A free that did not pass the quick check: diagnose it under the lock (it may have become valid meanwhile,
     // e.g. get_page raced with it), free it if it is fine after all, and report the mistake after the lock.

@@ -120,17 +120,14 @@ public:
     /// __rmqueue_pcplist(): pops a block of `order` from set `cpu` (locked by the caller), refilling the list from
     /// `area` under `zone_lock` when it is empty (rmqueue_bulk); Page::nil when nothing is free there.
     template <class Area, class ZoneLock>
-    detail::page_index alloc(unsigned cpu, Area& area, ZoneLock& zone_lock, unsigned order,
-                             unsigned mt = 0) noexcept {
+    [[gnu::always_inline]] detail::page_index alloc(unsigned cpu, Area& area, ZoneLock& zone_lock,
+                                                    unsigned order, unsigned mt = 0) noexcept {
         Set& s = sets_[cpu];
-        detail::IndexList& list = s.lists[order * Types + (Types > 1 ? mt : 0)];
+        if constexpr (Types == 1) mt = 0;
+        detail::IndexList& list = s.lists[order * Types + mt];
         s.free_count >>= 1;
-        if (list.empty()) [[unlikely]] {
-            if (s.refills >= refill_streak_limit) return Page::nil; // an allocation streak: use the free area
-            ++s.refills;
-            refill(s, area, zone_lock, order, Types > 1 ? mt : 0);
-            if (list.empty()) return Page::nil;
-        }
+        if (list.empty()) [[unlikely]]
+            return refill_and_pop(s, area, zone_lock, order, mt);
         ++s.allocations;
         s.count -= 1u << order;
         return list.pop_front(area.pages());
@@ -149,26 +146,26 @@ public:
     }
 
     /// free_unref_page_commit(): puts the block of `order` at index `i` (no longer referenced) on the hot end of
-    /// set `cpu` (locked by the caller); at `high` pages, `batch` pages go back to `area` under `zone_lock`.
+    /// set `cpu` (locked by the caller); at `high` pages, `batch` pages go back to `area` under `zone_lock`.  `mt`
+    /// is the block's pageblock migrate type (get_pfnblock_migratetype()), looked up by the caller before it took
+    /// the set so that the lookup overlaps the lock; ignored with one type.
     template <class Area, class ZoneLock>
-    void free(unsigned cpu, Area& area, ZoneLock& zone_lock, detail::page_index i, unsigned order) noexcept {
+    [[gnu::always_inline]] void free(unsigned cpu, Area& area, ZoneLock& zone_lock, detail::page_index i,
+                                     unsigned order, unsigned mt = 0) noexcept {
         Set& s = sets_[cpu];
         Page* pages = area.pages();
         if (pages[i].test(PageFlag::head))
             for (detail::page_index k = 1; k < (detail::page_index{1} << order); ++k)
                 detail::PageAccess::set_flags(pages[i + k], 0);
         link(s, pages, i, order);
-        unsigned mt = 0;
-        if constexpr (Types > 1) { // HIGHATOMIC pages go on the movable list (free_unref_page)
-            mt = area.pageblock_type(i);
-            if (mt >= Types) mt = static_cast<unsigned>(MigrateType::movable);
-        }
+        if constexpr (Types == 1)
+            mt = 0;
+        else if (mt >= Types) // HIGHATOMIC pages go on the movable list (free_unref_page)
+            mt = static_cast<unsigned>(MigrateType::movable);
         s.lists[order * Types + mt].push_front(pages, i);
         ++s.frees;
-        if (s.count >= high_) [[unlikely]] {
-            policy::LockGuard<ZoneLock> guard(zone_lock);
-            spill(s, area, batch_);
-        }
+        if (s.count >= high_) [[unlikely]]
+            spill_batch(s, area, zone_lock);
     }
 
     /// drain_pages_zone(): gives every page of set `cpu` back to `area`; returns how many.  Takes the set's lock,
@@ -270,6 +267,19 @@ private:
         detail::PageAccess::set_flags(pages[i], detail::flag(PageFlag::pcp));
         s.count += 1u << order;
     }
+    // alloc() on an empty list, kept out of line so that the hit path stays small enough to inline.
+    template <class Area, class ZoneLock>
+    [[gnu::noinline]] detail::page_index refill_and_pop(Set& s, Area& area, ZoneLock& zone_lock,
+                                                        unsigned order, unsigned mt) noexcept {
+        if (s.refills >= refill_streak_limit) return Page::nil; // an allocation streak: use the free area
+        ++s.refills;
+        refill(s, area, zone_lock, order, mt);
+        detail::IndexList& list = s.lists[order * Types + mt];
+        if (list.empty()) return Page::nil;
+        ++s.allocations;
+        s.count -= 1u << order;
+        return list.pop_front(area.pages());
+    }
     // rmqueue_bulk(): batch >> order blocks (at least 2), in address order, under the zone lock.
     template <class Area, class ZoneLock>
     void refill(Set& s, Area& area, ZoneLock& zone_lock, unsigned order, unsigned mt) noexcept {
@@ -282,6 +292,12 @@ private:
             link(s, pages, i, order);
             s.lists[order * Types + mt].push_back(pages, i);
         }
+    }
+    // free() at `high` pages: `batch` pages go back under the zone lock (out of line, as refill_and_pop()).
+    template <class Area, class ZoneLock>
+    [[gnu::noinline]] void spill_batch(Set& s, Area& area, ZoneLock& zone_lock) noexcept {
+        policy::LockGuard<ZoneLock> guard(zone_lock);
+        spill(s, area, batch_);
     }
     // free_pcppages_bulk(): at least `pages` pages (or all there are) from the cold ends, round robin over the
     // orders, merged into the free area.  The set's lock and the zone lock are held.

@@ -177,8 +177,20 @@ struct ZoneAccess {
         return b.try_alloc(bits, order, where, drain, highatomic, highatomic_last);
     }
     template <class B>
+    static Page* try_alloc_fast(B& b, std::uint32_t bits, unsigned order) {
+        return b.try_alloc_fast(bits, order);
+    }
+    template <class B>
     static void free_core(B& b, page_index i, unsigned order, std::string_view op, bool put) {
         b.free_core(i, order, op, put);
+    }
+    template <class B>
+    static bool free_to_pcp(B& b, page_index i, unsigned order) noexcept {
+        return b.free_to_pcp(i, order);
+    }
+    template <class B>
+    static void free_core_locked(B& b, page_index i, unsigned order, std::string_view op, bool put) {
+        b.free_core_locked(i, order, op, put);
     }
     template <class B>
     static Page* trim_exact(B& b, Page* p, std::size_t bytes) {
@@ -987,21 +999,47 @@ private:
 
     // ----- the PageApi primitives ----------------------------------------------------------------------------
 
-    [[gnu::flatten]] Page* alloc_core(std::uint32_t bits, unsigned order, const Placement& where) {
+    [[gnu::flatten, gnu::always_inline]] Page* alloc_core(std::uint32_t bits, unsigned order,
+                                                          const Placement& where) {
         if (order > MaxOrder) [[unlikely]]
             return order_above_max(bits, order, "alloc_pages");
-        if ((bits & gfp::bits::nofail) && order > 1) [[unlikely]] {
-            count_failure();
-            detail::report(error_, {detail::Misuse::nofail_order, "alloc_pages", order});
-            return nullptr;
-        }
+        if ((bits & gfp::bits::nofail) && order > 1) [[unlikely]]
+            return nofail_order(order);
         if (fault_.should_fail(bits, order)) [[unlikely]] {
             count_failure();
             return nullptr;
         }
+        // The fast path of get_page_from_freelist(): the preferred zone alone, at the low watermark, through its
+        // per-CPU lists.  Anything else (a placement, a fallback zone, a failed watermark) takes the full walk.
+        if (where.unrestricted()) [[likely]] {
+            const int top = highest_for[static_cast<unsigned>(gfp::zone_of(bits))];
+            if (Page* p = alloc_preferred<sizeof...(Specs) - 1>(top, bits, order)) [[likely]]
+                return p;
+        }
+        return alloc_walk(bits, order, where);
+    }
+    // The preferred zone (index `top`) only, found by a compile-time descent.
+    template <std::size_t K>
+    Page* alloc_preferred(int top, std::uint32_t bits, unsigned order) {
+        if (static_cast<int>(K) == top) {
+            auto& z = std::get<K>(static_cast<std::tuple<ZoneState<Specs>...>&>(zones_));
+            if (!watermark_ok(z, order, alloc_wmark_low)) [[unlikely]]
+                return nullptr;
+            return detail::ZoneAccess::try_alloc_fast(z.buddy, bits, order);
+        }
+        if constexpr (K > 0) return alloc_preferred<K - 1>(top, bits, order);
+        return nullptr;
+    }
+    // The zonelist walk at the low watermark, then the slow path.
+    [[gnu::noinline]] Page* alloc_walk(std::uint32_t bits, unsigned order, const Placement& where) {
         if (Page* p = get_page_from_freelist(bits, order, where, alloc_wmark_low, false)) [[likely]]
             return p;
         return alloc_slowpath(bits, order, where);
+    }
+    [[gnu::noinline]] Page* nofail_order(unsigned order) {
+        count_failure();
+        detail::report(error_, {detail::Misuse::nofail_order, "alloc_pages", order});
+        return nullptr;
     }
 
     // gfp_to_alloc_flags().
@@ -1119,9 +1157,11 @@ private:
                    << (std::uint64_t{PageSize} << MaxOrder) << " bytes)\n";
     }
 
-    [[gnu::flatten]] void free_core(index_t g, unsigned order, std::string_view op, bool put = false) {
+    [[gnu::flatten, gnu::always_inline]] void free_core(index_t g, unsigned order, std::string_view op,
+                                                        bool put = false) {
         with_zone(g, [&](auto& z, index_t i) {
-            detail::ZoneAccess::free_core(z.buddy, i, order, op, put);
+            if (!detail::ZoneAccess::free_to_pcp(z.buddy, i, order)) [[unlikely]]
+                detail::ZoneAccess::free_core_locked(z.buddy, i, order, op, put);
             note_free(order);
         });
     }
@@ -1207,14 +1247,16 @@ private:
         if (detail::current_reclaim != nullptr) [[unlikely]]
             detail::current_reclaim->reclaimed += std::uint64_t{1} << order;
         if constexpr (threaded) {
-            if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
-                {
-                    std::lock_guard g(wait_mtx_);
-                    ++free_seq_;
-                }
-                wait_cv_.notify_all();
-            }
+            if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+                wake_waiters();
         }
+    }
+    [[gnu::noinline]] void wake_waiters() noexcept {
+        {
+            std::lock_guard g(wait_mtx_);
+            ++free_seq_;
+        }
+        wait_cv_.notify_all();
     }
     // A request in the reclaim loop counts as a waiter from its first snapshot to its return, so that no free in
     // between is missed (frees look at the count before they take the wait mutex).
