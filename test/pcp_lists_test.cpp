@@ -85,24 +85,28 @@ BOOST_AUTO_TEST_SUITE(pcp_setup)
 
 BOOST_AUTO_TEST_CASE(default_batch_and_high_follow_zone_batchsize) {
     // batch = min(pages >> 10, 1 MiB / PageSize) / 4, at least 1, then bit_floor(b + b/2) - 1, at least 1;
-    // high = 6 * batch.  Worked by hand for each size:
-    expect_batch_high(1 * MiB, 1, 6);         // 256 pages: 0 -> 1 -> bit_floor(1) - 1 = 0 -> 1
-    expect_batch_high(16 * MiB, 1, 6);        // 4096 pages: 4 / 4 = 1 -> 0 -> 1
-    expect_batch_high(32 * MiB, 1, 6);        // 8192: 8 / 4 = 2 -> bit_floor(3) - 1 = 1
-    expect_batch_high(64 * MiB, 3, 18);       // 16384: 16 / 4 = 4 -> bit_floor(6) - 1 = 3
-    expect_batch_high(100 * MiB, 7, 42);      // 25600: 25 / 4 = 6 -> bit_floor(9) - 1 = 7
-    expect_batch_high(128 * MiB, 7, 42);      // 32768: 32 / 4 = 8 -> bit_floor(12) - 1 = 7
-    expect_batch_high(256 * MiB, 15, 90);     // 65536: 64 / 4 = 16 -> bit_floor(24) - 1 = 15
-    expect_batch_high(512 * MiB, 31, 186);    // 131072: 128 / 4 = 32 -> bit_floor(48) - 1 = 31
-    expect_batch_high(1 * GiB, 63, 378);      // 262144: 256 / 4 = 64 -> bit_floor(96) - 1 = 63
-    expect_batch_high(4 * GiB, 63, 378);      // 1048576: 1024, capped at 1 MiB / 4 KiB = 256 -> 63
-    expect_batch_high<65536>(4 * GiB, 3, 18); // 65536 pages of 64 KiB: 64, capped at 16 -> 4 -> 3
-    expect_batch_high<65536>(1 * GiB, 3, 18); // 16384 pages: 16 (the cap) -> 3
+    // high = zone_highsize(): the low watermark of a zone of that size (min = sqrt(16 * KiB) KiB clamped to
+    // [128 KiB, 256 MiB], at most 1/16 of the zone; low = min + max(min / 4, 0.1 % of the pages)) over the
+    // sets (one here: no lock), at least 4 * batch.  Worked by hand for each size:
+    expect_batch_high(1 * MiB, 1, 20);     // 256 pages: batch 1; min 128 KiB = 32 pages, capped at 16; low 20
+    expect_batch_high(16 * MiB, 1, 160);   // 4096 pages: batch 1; min sqrt(262144) = 512 KiB = 128; low 160
+    expect_batch_high(32 * MiB, 1, 226);   // 8192: batch 1; min sqrt(524288) = 724 KiB = 181; low 181 + 45
+    expect_batch_high(64 * MiB, 3, 320);   // 16384: 16 / 4 = 4 -> bit_floor(6) - 1 = 3; min 1024 KiB = 256
+    expect_batch_high(100 * MiB, 7, 400);  // 25600: 25 / 4 = 6 -> bit_floor(9) - 1 = 7; min 1280 KiB = 320
+    expect_batch_high(128 * MiB, 7, 452);  // 32768: 32 / 4 = 8 -> bit_floor(12) - 1 = 7; min 1448 KiB = 362
+    expect_batch_high(256 * MiB, 15, 640); // 65536: 64 / 4 = 16 -> bit_floor(24) - 1 = 15; min 512, low 640
+    expect_batch_high(512 * MiB, 31, 905); // 131072: 128 / 4 = 32 -> bit_floor(48) - 1 = 31; min 724
+    expect_batch_high(1 * GiB, 63, 1286);  // 262144: 256 / 4 = 64 -> 63; min 1024, low 1024 + max(256, 262)
+    expect_batch_high(4 * GiB, 63, 3096);  // 1048576: 1024, capped at 256 -> 63; min 2048, low 2048 + 1048
+    expect_batch_high<65536>(4 * GiB, 3,
+                             193);            // 65536 pages of 64 KiB: batch 3; min 8 MiB = 128, low 128 + 65
+    expect_batch_high<65536>(1 * GiB, 3, 80); // 16384 pages: batch 3; min 4 MiB = 64, low 64 + 16
 }
 
 BOOST_AUTO_TEST_CASE(explicit_batch_and_high) {
     expect_batch_high<4096, kmem::policy::PerCpuPages<8, 32>>(64 * MiB, 8, 32);
-    expect_batch_high<4096, kmem::policy::PerCpuPages<5>>(64 * MiB, 5, 30);       // high = 6 * batch
+    expect_batch_high<4096, kmem::policy::PerCpuPages<5>>(64 * MiB, 5, 320);      // high = low watermark
+    expect_batch_high<4096, kmem::policy::PerCpuPages<100>>(64 * MiB, 100, 400);  // high = 4 * batch
     expect_batch_high<4096, kmem::policy::PerCpuPages<0, 100>>(64 * MiB, 3, 100); // computed batch
     expect_batch_high<4096, kmem::policy::PerCpuPages<0, 1>>(1 * GiB, 63, 63);    // high never below batch
     expect_batch_high<4096, kmem::policy::PerCpuPages<7, 7>>(1 * MiB, 7, 7);

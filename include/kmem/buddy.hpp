@@ -310,7 +310,12 @@ private:
             return 0;
     }
     unsigned initial_high() const noexcept {
-        return pcp_policy::high != 0 ? pcp_policy::high : 6 * initial_batch();
+        if constexpr (has_pcp)
+            return pcp_policy::high != 0 ? pcp_policy::high
+                                         : zone_highsize<PageSize>(map_.size(), initial_batch(),
+                                                                   pcp_type::sets_on_this_machine());
+        else
+            return 0;
     }
 
     // memblock_free_all(): every page that is not reserved goes to the free lists.  A map with no reservation (the

@@ -31,6 +31,7 @@
 #include <kmem/free_area.hpp>
 #include <kmem/page.hpp>
 #include <kmem/policy/lock.hpp>
+#include <kmem/watermarks.hpp>
 
 #include <array>
 #include <bit>
@@ -49,6 +50,16 @@ constexpr unsigned zone_batchsize(std::uint64_t managed_pages) noexcept {
     if (batch < 1) batch = 1;
     batch = std::bit_floor(batch + batch / 2) - 1;
     return batch < 1 ? 1u : static_cast<unsigned>(batch);
+}
+
+/// The kernel's zone_highsize() (percpu_pagelist_high_fraction 0): the zone's low watermark shared by the CPUs
+/// that have lists, and at least 4 * batch.  The low watermark is that of a lone zone of `managed_pages`.
+template <std::size_t PageSize>
+constexpr unsigned zone_highsize(std::uint64_t managed_pages, unsigned batch, unsigned cpus) noexcept {
+    const std::uint64_t low = default_watermarks<PageSize>(managed_pages, managed_pages).low;
+    std::uint64_t high = low / (cpus == 0 ? 1 : cpus);
+    if (high < std::uint64_t{batch} * 4) high = std::uint64_t{batch} * 4;
+    return high > 0xffffffffu ? 0xffffffffu : static_cast<unsigned>(high);
 }
 
 /// Per-CPU lists of free blocks of order 0..PcpMaxOrder (struct per_cpu_pages); one set per configured CPU when
@@ -86,6 +97,10 @@ public:
 
     /// The number of sets.
     unsigned sets() const noexcept { return sets_.size(); }
+    /// The number of sets an instance has on this machine (the configured CPUs when Shared, else 1).
+    static unsigned sets_on_this_machine() noexcept {
+        return detail::PerCpu<Set, Shared>::slots_on_this_machine();
+    }
     /// Pages moved between a list and the free area at a time (pcp->batch).
     unsigned batch() const noexcept { return batch_; }
     /// Pages a set may hold before `batch` go back (pcp->high).

@@ -123,6 +123,10 @@ public:
     const T& operator[](unsigned cpu) const noexcept {
         return slot(cpu).value;
     }
+    /// The number of slots an instance has on this machine (the configured CPUs when Shared, else 1).
+    static unsigned slots_on_this_machine() noexcept {
+        return cpus();
+    }
     /// True when slots are locked with restartable sequences (no locked instruction on the hot path).
     bool uses_rseq() const noexcept {
         return rseq_;

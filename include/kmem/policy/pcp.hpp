@@ -10,7 +10,8 @@
 /// (a busy list sends the caller to the free lists, as in the kernel); an allocator without a lock keeps one set.
 ///
 /// `Batch` and `High` of 0 mean "computed as the kernel does": batch from the zone size (zone_batchsize(): a
-/// quarter of 1/1024 of the pages, at most 1 MiB, rounded to 2^n - 1), high = 6 * batch.
+/// quarter of 1/1024 of the pages, at most 1 MiB, rounded to 2^n - 1), high from zone_highsize(): the low
+/// watermark of a zone of that size shared by the CPUs with lists, at least 4 * batch.
 ///
 /// @code
 ///   kmem::BuddyAllocator<10, 4096, kmem::MmapRegion, kmem::policy::PerCpuPages<>> buddy(kmem::MmapRegion(64 << 20));
@@ -38,7 +39,7 @@ struct PerCpuPages {
                   "PerCpuPages caches orders up to 8 at most (the kernel caches up to order 3).");
     /// Pages moved between a list and the free lists at a time (pcp->batch); 0 = computed from the zone size.
     static constexpr unsigned batch = Batch;
-    /// Pages a CPU's lists may hold before `batch` pages go back (pcp->high); 0 = 6 * batch.
+    /// Pages a CPU's lists may hold before `batch` pages go back (pcp->high); 0 = zone_highsize().
     static constexpr unsigned high = High;
     /// The largest order kept on the lists (PAGE_ALLOC_COSTLY_ORDER); larger blocks always go to the free lists.
     static constexpr unsigned max_order = MaxOrder;
