@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -458,8 +459,18 @@ BOOST_AUTO_TEST_CASE(the_page_api_works_across_zones) {
     kmem::test::expect_error(node, kmem::ErrorKind::double_free, [&] { node.free_pages(p, 2); });
     void* outside = reinterpret_cast<void*>(std::uintptr_t{1} << 20); // page aligned, in no zone
     kmem::test::expect_error(node, kmem::ErrorKind::out_of_region, [&] { node.free_pages(outside, 0); });
+    std::ostringstream warned;
+    node.set_warning_stream(&warned);
     BOOST_TEST(node.get_free_pages(gfp::kernel | gfp::nowarn, 11) == nullptr); // above MaxOrder: a failure
     BOOST_TEST(node.stats().failures == 1u);
+    BOOST_TEST(warned.str() == ""); // __GFP_NOWARN
+    BOOST_TEST(node.alloc_pages(gfp::kernel, 12) == nullptr); // warned once (WARN_ON_ONCE_GFP), as a buddy does
+    BOOST_TEST(node.alloc_pages(gfp::kernel, 11) == nullptr);
+    BOOST_TEST(node.stats().failures == 3u);
+    BOOST_TEST(warned.str().find("alloc_pages: page allocation failure: order:12, mode:") != std::string::npos);
+    BOOST_TEST(warned.str().find("above MaxOrder 10 (warned once)") != std::string::npos);
+    BOOST_TEST(warned.str().find("order:11") == std::string::npos);
+    node.set_warning_stream(nullptr);
     node.drain_all_pages();
     BOOST_TEST(node.nr_free_pages() == node.total_pages());
     BOOST_TEST(node.check_invariants() == "");

@@ -1114,15 +1114,13 @@ private:
     [[gnu::noinline]] Page* order_above_max(std::uint32_t bits, unsigned order, std::string_view op) {
         count_failure();
         if (warn_ != nullptr && !(bits & gfp::bits::nowarn) && !warned_order_.exchange(true))
-            *warn_ << name_ << ": " << op << ": page allocation failure: order:" << order
-                   << ": the order is above MaxOrder " << MaxOrder << " (warned once)\n";
+            *warn_ << detail::order_above_max_text(name_, op, order, bits, MaxOrder);
         return nullptr;
     }
     void oversized(std::uint32_t bits, std::uint64_t bytes) {
         count_failure();
         if (!(bits & gfp::bits::nowarn) && warn_ != nullptr)
-            *warn_ << name_ << ": allocation of " << bytes << " bytes is above the largest block ("
-                   << (std::uint64_t{PageSize} << MaxOrder) << " bytes)\n";
+            *warn_ << detail::oversized_text(name_, bytes, std::uint64_t{PageSize} << MaxOrder);
     }
 
     [[gnu::flatten, gnu::always_inline]] void free_core(index_t g, unsigned order, std::string_view op,

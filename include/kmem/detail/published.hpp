@@ -5,9 +5,8 @@
 
 namespace kmem::detail {
 
-// Writers hold the owner's lock, so an update is a relaxed load and a relaxed store (no read-modify-write: on
-// x86-64 it compiles to the same moves as a plain integer); readers without the lock get a recent value, as
-// watermark checks want, and no data race.
+// Writers hold the owner's lock and publish a whole value with a relaxed store (on x86-64 the same move as a
+// plain integer); readers without the lock get a recent value, as watermark checks want, and no data race.
 template <class T>
 class Published {
 public:
@@ -21,10 +20,6 @@ public:
         v_.store(x, std::memory_order_relaxed);
         return *this;
     }
-    Published& operator+=(T x) noexcept { return *this = static_cast<T>(load() + x); }
-    Published& operator-=(T x) noexcept { return *this = static_cast<T>(load() - x); }
-    Published& operator|=(T x) noexcept { return *this = static_cast<T>(load() | x); }
-    Published& operator&=(T x) noexcept { return *this = static_cast<T>(load() & x); }
 
 private:
     std::atomic<T> v_{};

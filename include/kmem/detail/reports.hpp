@@ -219,6 +219,22 @@ std::string warn_alloc_text(std::string_view name, int node, ZoneType zone, std:
     return out;
 }
 
+/// The one-time warning for a request above MaxOrder (the kernel's WARN_ON_ONCE_GFP(order > MAX_PAGE_ORDER)).
+inline std::string order_above_max_text(std::string_view name, std::string_view op, unsigned order,
+                                        std::uint32_t bits, unsigned max_order) {
+    char mode[48];
+    std::snprintf(mode, sizeof mode, "%#x", bits);
+    return std::string(name) + ": " + std::string(op) +
+           ": page allocation failure: order:" + std::to_string(order) + ", mode:" + mode + '(' +
+           gfp::to_string(bits) + "): the order is above MaxOrder " + std::to_string(max_order) +
+           " (warned once)\n";
+}
+/// The warning for a byte-size request above the largest block (`largest` bytes).
+inline std::string oversized_text(std::string_view name, std::uint64_t bytes, std::uint64_t largest) {
+    return std::string(name) + ": allocation of " + std::to_string(bytes) +
+           " bytes is above the largest block (" + std::to_string(largest) + " bytes)\n";
+}
+
 /// Why index `i` of `map` does not head an allocated block of `order` (what free_pages / put_page / split_page
 /// were given; `putting` for put_page), or no diagnosis when it does.  Called under the zone lock; O(MaxOrder)
 /// for an interior page, whose enclosing block is found by aligning its pfn down order by order.
