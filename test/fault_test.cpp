@@ -4,6 +4,8 @@
 #include <kmem/fault.hpp>
 #include <kmem/kmalloc.hpp>
 
+#include "support/fail_nth_sweep.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include <cstring>
@@ -118,45 +120,36 @@ BOOST_AUTO_TEST_CASE(fail_page_alloc_in_the_buddy_allocator) {
 BOOST_AUTO_TEST_CASE(sweep_failing_the_kth_page_allocation_under_kmalloc) {
     using Buddy = kmem::BuddyAllocator<8, 4096, kmem::MmapRegion, kmem::policy::FailPageAlloc>;
     Buddy buddy(kmem::MmapRegion(8 << 20));
-    const std::uint64_t total = buddy.total_pages();
-    int runs = 0;
-    for (std::uint64_t k = 1;; ++k) {
-        buddy.fault_policy().attr() = FaultAttr{.fail_nth = k};
-        buddy.fault_policy().reseed();
+    const auto workload = [&](std::uint64_t k) {
         std::vector<std::pair<unsigned char*, std::size_t>> live;
         std::uint64_t nulls = 0;
-        {
-            kmem::Kmalloc<Buddy> km(buddy);
-            for (int i = 0; i < 300; ++i) {
-                const std::size_t size = 1 + (static_cast<std::size_t>(i) * 2654435761u) % 20000;
-                auto* p = static_cast<unsigned char*>(km.kmalloc(size, kmem::gfp::kernel));
-                if (p == nullptr) {
-                    ++nulls;
-                    continue;
-                }
-                std::memset(p, static_cast<int>(i & 0xff), size);
-                live.emplace_back(p, size);
-                if (i % 3 == 2) { // free one in three as we go
-                    auto [q, n] = live[live.size() / 2];
-                    BOOST_TEST_REQUIRE(q[n - 1] == q[0]);
-                    km.kfree(q);
-                    live.erase(live.begin() + static_cast<std::ptrdiff_t>(live.size() / 2));
-                }
+        kmem::Kmalloc<Buddy> km(buddy);
+        for (int i = 0; i < 300; ++i) {
+            const std::size_t size = 1 + (static_cast<std::size_t>(i) * 2654435761u) % 20000;
+            auto* p = static_cast<unsigned char*>(km.kmalloc(size, kmem::gfp::kernel));
+            if (p == nullptr) {
+                ++nulls;
+                continue;
             }
-            BOOST_TEST_REQUIRE(km.validate() == "", "k = " << k);
-            for (auto [p, n] : live) {
-                BOOST_TEST_REQUIRE(p[0] == p[n - 1]);
-                km.kfree(p);
+            std::memset(p, static_cast<int>(i & 0xff), size);
+            live.emplace_back(p, size);
+            if (i % 3 == 2) { // free one in three as we go
+                auto [q, n] = live[live.size() / 2];
+                BOOST_TEST_REQUIRE(q[n - 1] == q[0]);
+                km.kfree(q);
+                live.erase(live.begin() + static_cast<std::ptrdiff_t>(live.size() / 2));
             }
-            km.shrink();
-            BOOST_TEST_REQUIRE(km.validate() == "", "k = " << k);
         }
-        BOOST_TEST_REQUIRE(buddy.check_invariants() == "", "k = " << k);
-        BOOST_TEST_REQUIRE(buddy.nr_free_pages() == total, "k = " << k << ": pages lost");
-        ++runs;
-        if (buddy.fault_policy().failures() == 0) break; // k is past the last page allocation of the workload
-        BOOST_TEST_REQUIRE(nulls <= 1u, "one injected failure fails at most one request (k = " << k << ")");
-    }
+        BOOST_TEST_REQUIRE(km.validate() == "", "k = " << k);
+        for (auto [p, n] : live) {
+            BOOST_TEST_REQUIRE(p[0] == p[n - 1]);
+            km.kfree(p);
+        }
+        km.shrink();
+        BOOST_TEST_REQUIRE(km.validate() == "", "k = " << k);
+        return nulls;
+    };
+    const int runs = kmem::test::sweep_fail_nth(buddy, workload, [] {});
     BOOST_TEST(runs > 20);
 }
 

@@ -10,6 +10,7 @@
 #include <kmem/zone.hpp>
 
 #include "support/expect_error.hpp"
+#include "support/fail_nth_sweep.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -464,10 +465,12 @@ BOOST_AUTO_TEST_CASE(the_page_api_works_across_zones) {
     BOOST_TEST(node.get_free_pages(gfp::kernel | gfp::nowarn, 11) == nullptr); // above MaxOrder: a failure
     BOOST_TEST(node.stats().failures == 1u);
     BOOST_TEST(warned.str() == ""); // __GFP_NOWARN
-    BOOST_TEST(node.alloc_pages(gfp::kernel, 12) == nullptr); // warned once (WARN_ON_ONCE_GFP), as a buddy does
+    BOOST_TEST(node.alloc_pages(gfp::kernel, 12) ==
+               nullptr); // warned once (WARN_ON_ONCE_GFP), as a buddy does
     BOOST_TEST(node.alloc_pages(gfp::kernel, 11) == nullptr);
     BOOST_TEST(node.stats().failures == 3u);
-    BOOST_TEST(warned.str().find("alloc_pages: page allocation failure: order:12, mode:") != std::string::npos);
+    BOOST_TEST(warned.str().find("alloc_pages: page allocation failure: order:12, mode:") !=
+               std::string::npos);
     BOOST_TEST(warned.str().find("above MaxOrder 10 (warned once)") != std::string::npos);
     BOOST_TEST(warned.str().find("order:11") == std::string::npos);
     node.set_warning_stream(nullptr);
@@ -499,54 +502,44 @@ BOOST_AUTO_TEST_CASE(sweep_failing_the_kth_page_allocation_of_a_node) {
                    policy::MutexLock, policy::ThrowOnError, kmem::policy::FailPageAlloc>;
     Faulty node(MmapRegion(1 << 20), MmapRegion(2 << 20));
     node.set_warning_stream(nullptr);
-    const std::uint64_t total = node.total_pages();
-    int runs = 0;
-    for (std::uint64_t k = 1;; ++k) {
-        node.fault_policy().attr() = kmem::FaultAttr{.fail_nth = k};
-        node.fault_policy().reseed();
+    const auto workload = [&](std::uint64_t k) {
         std::uint64_t nulls = 0;
-        {
-            kmem::KmemCache<Faulty, policy::MutexLock> cache(node, "sweep", 200);
-            std::vector<void*> objs, exact;
-            std::vector<std::pair<void*, unsigned>> pages;
-            std::vector<kmem::MovableHandle> movable;
-            for (int i = 0; i < 120; ++i) {
-                const auto note = [&](bool ok) { nulls += ok ? 0 : 1; };
-                void* o = cache.alloc(gfp::kernel | gfp::nowarn);
-                note(o != nullptr);
-                if (o != nullptr) objs.push_back(o);
-                void* p = i % 2 == 0 ? node.get_free_pages(gfp::kernel | gfp::nowarn, i % 3)
-                                     : node.get_free_pages(gfp::kernel | gfp::dma32 | gfp::nowarn, i % 3);
-                note(p != nullptr);
-                if (p != nullptr) pages.emplace_back(p, static_cast<unsigned>(i % 3));
-                if (i % 10 == 0) {
-                    void* e = node.alloc_pages_exact(3 * page, gfp::kernel | gfp::nowarn);
-                    note(e != nullptr);
-                    if (e != nullptr) exact.push_back(e);
-                    auto h = node.alloc_movable(gfp::highuser_movable | gfp::nowarn, 0);
-                    note(static_cast<bool>(h));
-                    if (h) {
-                        std::memset(node.pin(h).get(), i, page);
-                        movable.push_back(h);
-                    }
+        kmem::KmemCache<Faulty, policy::MutexLock> cache(node, "sweep", 200);
+        std::vector<void*> objs, exact;
+        std::vector<std::pair<void*, unsigned>> pages;
+        std::vector<kmem::MovableHandle> movable;
+        for (int i = 0; i < 120; ++i) {
+            const auto note = [&](bool ok) { nulls += ok ? 0 : 1; };
+            void* o = cache.alloc(gfp::kernel | gfp::nowarn);
+            note(o != nullptr);
+            if (o != nullptr) objs.push_back(o);
+            void* p = i % 2 == 0 ? node.get_free_pages(gfp::kernel | gfp::nowarn, i % 3)
+                                 : node.get_free_pages(gfp::kernel | gfp::dma32 | gfp::nowarn, i % 3);
+            note(p != nullptr);
+            if (p != nullptr) pages.emplace_back(p, static_cast<unsigned>(i % 3));
+            if (i % 10 == 0) {
+                void* e = node.alloc_pages_exact(3 * page, gfp::kernel | gfp::nowarn);
+                note(e != nullptr);
+                if (e != nullptr) exact.push_back(e);
+                auto h = node.alloc_movable(gfp::highuser_movable | gfp::nowarn, 0);
+                note(static_cast<bool>(h));
+                if (h) {
+                    std::memset(node.pin(h).get(), i, page);
+                    movable.push_back(h);
                 }
-                if (i % 30 == 29) (void)node.compact();
             }
-            BOOST_TEST_REQUIRE(node.check_invariants() == "", "k = " << k);
-            BOOST_TEST_REQUIRE(cache.validate() == "", "k = " << k);
-            for (void* o : objs) cache.free(o);
-            for (auto [p, order] : pages) node.free_pages(p, order);
-            for (void* e : exact) node.free_pages_exact(e, 3 * page);
-            for (auto h : movable) node.free_movable(h);
-            BOOST_TEST_REQUIRE(cache.destroy(), "k = " << k);
+            if (i % 30 == 29) (void)node.compact();
         }
-        node.drain_all_pages();
         BOOST_TEST_REQUIRE(node.check_invariants() == "", "k = " << k);
-        BOOST_TEST_REQUIRE(node.nr_free_pages() == total, "k = " << k << ": pages lost");
-        ++runs;
-        if (node.fault_policy().failures() == 0) break; // k is past the last page allocation of the workload
-        BOOST_TEST_REQUIRE(nulls <= 1u, "one injected failure fails at most one request (k = " << k << ")");
-    }
+        BOOST_TEST_REQUIRE(cache.validate() == "", "k = " << k);
+        for (void* o : objs) cache.free(o);
+        for (auto [p, order] : pages) node.free_pages(p, order);
+        for (void* e : exact) node.free_pages_exact(e, 3 * page);
+        for (auto h : movable) node.free_movable(h);
+        BOOST_TEST_REQUIRE(cache.destroy(), "k = " << k);
+        return nulls;
+    };
+    const int runs = kmem::test::sweep_fail_nth(node, workload, [&] { node.drain_all_pages(); });
     BOOST_TEST(runs > 20);
 }
 
