@@ -22,6 +22,7 @@
 #include <kmem/page_api.hpp>
 #include <kmem/pcp_lists.hpp>
 #include <kmem/percpu.hpp>
+#include <kmem/percpu_defs.hpp>
 #include <kmem/pmr.hpp>
 #include <kmem/policy/category.hpp>
 #include <kmem/policy/error.hpp>
@@ -32,7 +33,10 @@
 #include <kmem/scatterlist.hpp>
 #include <kmem/shrinker.hpp>
 #include <kmem/slab.hpp>
+#include <kmem/slab_common.hpp>
+#include <kmem/vm_area.hpp>
 #include <kmem/vmap.hpp>
+#include <kmem/watermarks.hpp>
 #include <kmem/zone.hpp>
 
 /// The kmem library: the Linux kernel's memory allocators as C++20 templates.

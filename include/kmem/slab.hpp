@@ -13,6 +13,8 @@
 /// empty array is refilled with `batchcount` objects from the slabs, a full one gives `batchcount` back.
 /// Policies: a lock policy (NoLock: one thread at a time; SpinLock / MutexLock: any thread, any CPU) and an
 /// error policy (how mistakes and debug reports are delivered).
+/// The creation flags, CacheConfig, SlabStats and the slabinfo() / slabtop() reports are in kmem/slab_common.hpp,
+/// which this header includes.
 ///
 /// @code
 ///   kmem::BuddyAllocator<10, 4096, kmem::MmapRegion> pages(kmem::MmapRegion(4 << 20));
@@ -29,25 +31,25 @@
 /// @endcode
 #pragma once
 
-#include <kmem/detail/cpu.hpp>
 #include <kmem/detail/per_cpu_sets.hpp>
 #include <kmem/detail/policies.hpp>
+#include <kmem/detail/slab_debug.hpp>
+#include <kmem/detail/slab_layout.hpp>
 #include <kmem/fault.hpp>
 #include <kmem/gfp.hpp>
 #include <kmem/page.hpp>
 #include <kmem/policy/error.hpp>
 #include <kmem/policy/lock.hpp>
 #include <kmem/shrinker.hpp>
+#include <kmem/slab_common.hpp>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
-#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
@@ -56,230 +58,12 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <type_traits>
 #include <unistd.h>
 #include <utility>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define KMEM_DETAIL_SLAB_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KMEM_DETAIL_SLAB_ASAN 1
-#endif
-#endif
-#ifdef KMEM_DETAIL_SLAB_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
-// Valgrind's client requests cost a few nanoseconds each even outside valgrind: they are compiled in only when
-// KMEM_VALGRIND is defined (build the program that runs under memcheck with -DKMEM_VALGRIND).
-#if defined(KMEM_VALGRIND) && __has_include(<valgrind/memcheck.h>)
-#include <valgrind/memcheck.h>
-#define KMEM_DETAIL_SLAB_VALGRIND 1
-#endif
-
 namespace kmem {
-
-/// A call site: file, function and line, captured by a defaulted argument as std::source_location::current()
-/// does (which clang before 15 cannot offer with libstdc++); the slab debug code records it (SLAB_STORE_USER).
-class SourceLocation {
-public:
-    /// The location of the call whose default argument this is.
-    static constexpr SourceLocation current(const char* file = __builtin_FILE(),
-                                            const char* function = __builtin_FUNCTION(),
-                                            std::uint32_t line = __builtin_LINE()) noexcept {
-        SourceLocation l;
-        l.file_ = file;
-        l.function_ = function;
-        l.line_ = line;
-        return l;
-    }
-    /// The source file.
-    constexpr const char* file_name() const noexcept { return file_; }
-    /// The function.
-    constexpr const char* function_name() const noexcept { return function_; }
-    /// The line.
-    constexpr std::uint32_t line() const noexcept { return line_; }
-
-private:
-    const char* file_ = "";
-    const char* function_ = "";
-    std::uint32_t line_ = 0;
-};
-
-/// Cache creation flags (SLAB_* in include/linux/slab.h); combine with `|`.
-enum class SlabFlags : std::uint32_t {
-    none = 0,                ///< No flag.
-    hwcache_align = 1u << 0, ///< SLAB_HWCACHE_ALIGN: align objects on a cache line (halved for small ones).
-    poison = 1u << 1,        ///< SLAB_POISON: fill free objects with 0x6b (end 0xa5), check on allocation.
-    red_zone = 1u << 2,      ///< SLAB_RED_ZONE: guard bytes around objects (0xbb free, 0xcc allocated).
-    store_user = 1u << 3,    ///< SLAB_STORE_USER: record the allocation and free site of each object.
-    consistency_checks = 1u << 4, ///< SLAB_CONSISTENCY_CHECKS: check every free (double free, list walks).
-};
-/// Both sets of flags.
-constexpr SlabFlags operator|(SlabFlags a, SlabFlags b) noexcept {
-    return static_cast<SlabFlags>(static_cast<std::uint32_t>(a) | static_cast<std::uint32_t>(b));
-}
-/// The flags in both sets.
-constexpr SlabFlags operator&(SlabFlags a, SlabFlags b) noexcept {
-    return static_cast<SlabFlags>(static_cast<std::uint32_t>(a) & static_cast<std::uint32_t>(b));
-}
-/// True when `f` holds any flag of `mask`.
-constexpr bool any_of(SlabFlags f, SlabFlags mask) noexcept {
-    return (f & mask) != SlabFlags::none;
-}
-/// Every debug flag (SLAB_DEBUG_FLAGS): a cache with any of them takes the checked slow path on every call.
-inline constexpr SlabFlags slab_debug_flags =
-    SlabFlags::poison | SlabFlags::red_zone | SlabFlags::store_user | SlabFlags::consistency_checks;
-
-/// SLUB's debug byte values (include/linux/poison.h).
-namespace slab_poison {
-inline constexpr unsigned char free_byte = 0x6b;    ///< POISON_FREE: the bytes of a free object.
-inline constexpr unsigned char end_byte = 0xa5;     ///< POISON_END: the last byte of a free object.
-inline constexpr unsigned char red_inactive = 0xbb; ///< SLUB_RED_INACTIVE: red zone of a free object.
-inline constexpr unsigned char red_active = 0xcc;   ///< SLUB_RED_ACTIVE: red zone of an allocated object.
-} // namespace slab_poison
-
-/// Where and when an object was last allocated or freed (SLUB's struct track, kept with SLAB_STORE_USER).
-struct SlabTrack {
-    const char* file = nullptr;     ///< Source file of the call (SourceLocation).
-    const char* function = nullptr; ///< Function of the call.
-    std::uint32_t line = 0;         ///< Line of the call.
-    int cpu = -1;                   ///< The CPU the call ran on.
-    std::uint64_t thread = 0;       ///< A hash of the calling thread's id.
-    std::int64_t when_ns = 0;       ///< steady_clock time of the call in nanoseconds; 0 when never recorded.
-};
-
-/// One cache's figures, as a line of /proc/slabinfo (version 2.1) reports them.
-struct SlabStats {
-    std::string name;                 ///< The cache's name.
-    std::uint64_t active_objs = 0;    ///< Objects allocated (including those held in per-CPU arrays).
-    std::uint64_t num_objs = 0;       ///< Objects in all slabs.
-    std::uint32_t objsize = 0;        ///< Bytes per object as allocated (stride, with debug metadata).
-    std::uint32_t objperslab = 0;     ///< Objects per slab.
-    std::uint32_t pagesperslab = 0;   ///< Pages per slab (1 << order).
-    std::uint32_t limit = 0;          ///< Per-CPU array capacity (tunables limit).
-    std::uint32_t batchcount = 0;     ///< Objects moved per refill or flush (tunables batchcount).
-    std::uint64_t active_slabs = 0;   ///< Slabs holding at least one allocated object.
-    std::uint64_t num_slabs = 0;      ///< Slabs in the cache.
-    std::uint64_t cpu_objs = 0;       ///< Free objects waiting in per-CPU arrays.
-    std::uint32_t object_size = 0;    ///< The size asked for at creation (kmem_cache_size).
-    std::uint64_t page_size = 0;      ///< Bytes per page.
-    std::uint64_t metadata_bytes = 0; ///< Bytes of slab descriptors in use (struct slab), outside the slabs.
-    /// Bytes the cache holds in pages.
-    std::uint64_t total_bytes() const noexcept { return num_slabs * pagesperslab * page_size; }
-    /// Bytes of those pages in use by allocated objects (active_objs * objsize).
-    std::uint64_t active_bytes() const noexcept { return active_objs * objsize; }
-};
-
-/// The /proc/slabinfo text (version 2.1): the two header lines, then one line per cache.
-inline std::string slabinfo(std::span<const SlabStats> caches) {
-    std::string out = "slabinfo - version: 2.1\n"
-                      "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : "
-                      "tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> "
-                      "<sharedavail>\n";
-    char line[256];
-    for (const SlabStats& s : caches) {
-        std::snprintf(line, sizeof line,
-                      "%-17s %6llu %6llu %6u %4u %4u : tunables %4u %4u %4u : slabdata %6llu %6llu %6u\n",
-                      s.name.c_str(), static_cast<unsigned long long>(s.active_objs),
-                      static_cast<unsigned long long>(s.num_objs), s.objsize, s.objperslab, s.pagesperslab,
-                      s.limit, s.batchcount, 0u, static_cast<unsigned long long>(s.active_slabs),
-                      static_cast<unsigned long long>(s.num_slabs), 0u);
-        out += line;
-    }
-    return out;
-}
-/// slabinfo() for a braced list of caches' stats().
-inline std::string slabinfo(std::initializer_list<SlabStats> caches) {
-    return slabinfo(std::span<const SlabStats>(caches.begin(), caches.size()));
-}
-
-/// The key a slabtop() summary is sorted by (slabtop's -s option).
-enum class SlabTopKey {
-    active_objs, ///< 'a': active objects.
-    num_objs,    ///< 'o': objects.
-    objsize,     ///< 's': object size.
-    num_slabs,   ///< 'l': slabs.
-    cache_size,  ///< 'c': bytes held (the default of slabtop).
-    name,        ///< 'n': name.
-};
-
-/// A slabtop-like summary: totals, then one line per cache sorted by `key` (largest first; names A to Z).
-inline std::string slabtop(std::span<const SlabStats> caches, SlabTopKey key = SlabTopKey::cache_size) {
-    std::vector<const SlabStats*> rows;
-    std::uint64_t objs = 0, active = 0, slabs = 0, active_slabs = 0, bytes = 0, active_bytes = 0;
-    for (const SlabStats& s : caches) {
-        rows.push_back(&s);
-        objs += s.num_objs;
-        active += s.active_objs;
-        slabs += s.num_slabs;
-        active_slabs += s.active_slabs;
-        bytes += s.total_bytes();
-        active_bytes += s.active_bytes();
-    }
-    const auto value = [key](const SlabStats* s) -> std::uint64_t {
-        switch (key) {
-        case SlabTopKey::active_objs:
-            return s->active_objs;
-        case SlabTopKey::num_objs:
-            return s->num_objs;
-        case SlabTopKey::objsize:
-            return s->objsize;
-        case SlabTopKey::num_slabs:
-            return s->num_slabs;
-        case SlabTopKey::cache_size:
-            return s->total_bytes();
-        case SlabTopKey::name:
-            return 0;
-        }
-        return 0;
-    };
-    std::stable_sort(rows.begin(), rows.end(), [&](const SlabStats* a, const SlabStats* b) {
-        return key == SlabTopKey::name ? a->name < b->name : value(a) > value(b);
-    });
-    const auto pct = [](std::uint64_t part, std::uint64_t whole) {
-        return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
-    };
-    char line[256];
-    std::string out;
-    std::snprintf(line, sizeof line, " Active / Total Objects (%% used)    : %llu / %llu (%.1f%%)\n",
-                  static_cast<unsigned long long>(active), static_cast<unsigned long long>(objs),
-                  pct(active, objs));
-    out += line;
-    std::snprintf(line, sizeof line, " Active / Total Slabs (%% used)      : %llu / %llu (%.1f%%)\n",
-                  static_cast<unsigned long long>(active_slabs), static_cast<unsigned long long>(slabs),
-                  pct(active_slabs, slabs));
-    out += line;
-    std::snprintf(line, sizeof line, " Active / Total Caches (%% used)     : %zu / %zu (%.1f%%)\n",
-                  static_cast<std::size_t>(std::count_if(
-                      rows.begin(), rows.end(), [](const SlabStats* s) { return s->active_objs > 0; })),
-                  rows.size(),
-                  pct(static_cast<std::uint64_t>(std::count_if(
-                          rows.begin(), rows.end(), [](const SlabStats* s) { return s->active_objs > 0; })),
-                      rows.size()));
-    out += line;
-    std::snprintf(line, sizeof line, " Active / Total Size (%% used)       : %.2fK / %.2fK (%.1f%%)\n",
-                  static_cast<double>(active_bytes) / 1024.0, static_cast<double>(bytes) / 1024.0,
-                  pct(active_bytes, bytes));
-    out += line;
-    out += "\n  OBJS ACTIVE  USE OBJ SIZE  SLABS OBJ/SLAB CACHE SIZE NAME\n";
-    for (const SlabStats* s : rows) {
-        std::snprintf(line, sizeof line, "%6llu %6llu %3.0f%% %7.2fK %6llu %8u %9lluK %s\n",
-                      static_cast<unsigned long long>(s->num_objs),
-                      static_cast<unsigned long long>(s->active_objs), pct(s->active_objs, s->num_objs),
-                      static_cast<double>(s->objsize) / 1024.0, static_cast<unsigned long long>(s->num_slabs),
-                      s->objperslab, static_cast<unsigned long long>(s->total_bytes() / 1024),
-                      s->name.c_str());
-        out += line;
-    }
-    return out;
-}
-/// slabtop() for a braced list of caches' stats().
-inline std::string slabtop(std::initializer_list<SlabStats> caches, SlabTopKey key = SlabTopKey::cache_size) {
-    return slabtop(std::span<const SlabStats>(caches.begin(), caches.size()), key);
-}
 
 /// What a page allocator must offer to carry slabs: host memory, compound pages, page descriptors.
 template <class P>
@@ -292,159 +76,6 @@ concept SlabPageSource = requires(P& p, Page* page, const void* addr) {
     { p.alloc_pages(gfp_t(gfp::kernel), 0u) } -> std::same_as<Page*>;
 };
 
-/// Settings of a cache (the arguments of kmem_cache_create, as a configuration struct).
-struct CacheConfig {
-    std::string name;                  ///< Shown in slabinfo and in reports.
-    std::size_t size = 0;              ///< Bytes per object (object_size); at least 1.
-    std::size_t align = 0;             ///< Alignment of objects (a power of two; 0 = the default of 8).
-    SlabFlags flags = SlabFlags::none; ///< SLAB_* flags.
-    std::function<void(void*)> ctor;   ///< Constructor: runs once per object when its slab is populated.
-    unsigned min_partial = 5; ///< Empty slabs kept for reuse before slabs go back (SLUB's min_partial).
-    std::uint8_t tag = 0;     ///< A number for the cache's owner, copied into every slab descriptor
-                              ///< (Kmalloc: the size class, so kfree dispatches without a data load).
-};
-
-namespace detail {
-
-// The descriptor of one slab (the kernel's struct slab).  It lives outside the slab, in descriptor pages the
-// cache takes from its page allocator; the head page's owner slot points at it.
-struct Slab {
-    Slab* next = nullptr; // list links (the node's partial, full or free list)
-    Slab* prev = nullptr;
-    void* freelist = nullptr;    // first free object on this slab, chained through free pointers
-    std::byte* s_mem = nullptr;  // first object slot (after the colour offset)
-    const void* cache = nullptr; // the owning cache (KmemCache*)
-    Page* page = nullptr;        // head page of the slab
-    std::uint32_t inuse = 0;     // objects handed out (to callers or to per-CPU arrays)
-    std::uint32_t colour = 0;    // colour offset in bytes
-    std::uint8_t list = 0;       // which list it is on (SlabList kind)
-    std::uint8_t tag = 0;        // the cache's CacheConfig::tag (kmalloc's size class)
-};
-
-// An intrusive list of slab descriptors with its length.
-struct SlabList {
-    Slab* head = nullptr;
-    std::uint64_t count = 0;
-    void push(Slab* s) noexcept {
-        s->prev = nullptr;
-        s->next = head;
-        if (head != nullptr) head->prev = s;
-        head = s;
-        ++count;
-    }
-    void remove(Slab* s) noexcept {
-        if (s->prev != nullptr)
-            s->prev->next = s->next;
-        else
-            head = s->next;
-        if (s->next != nullptr) s->next->prev = s->prev;
-        s->next = s->prev = nullptr;
-        --count;
-    }
-};
-
-// A 64-bit value for "which thread": std::hash of the thread id.
-inline std::uint64_t thread_tag() noexcept {
-    return static_cast<std::uint64_t>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
-}
-inline std::int64_t now_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
-
-// Memory-checker annotations of object state (no-ops without AddressSanitizer or valgrind).
-inline void mark_noaccess([[maybe_unused]] const void* p, [[maybe_unused]] std::size_t n) noexcept {
-#ifdef KMEM_DETAIL_SLAB_ASAN
-    ASAN_POISON_MEMORY_REGION(p, n);
-#endif
-#ifdef KMEM_DETAIL_SLAB_VALGRIND
-    (void)VALGRIND_MAKE_MEM_NOACCESS(p, n);
-#endif
-}
-inline void mark_defined([[maybe_unused]] const void* p, [[maybe_unused]] std::size_t n) noexcept {
-#ifdef KMEM_DETAIL_SLAB_ASAN
-    ASAN_UNPOISON_MEMORY_REGION(p, n);
-#endif
-#ifdef KMEM_DETAIL_SLAB_VALGRIND
-    (void)VALGRIND_MAKE_MEM_DEFINED(p, n);
-#endif
-}
-
-// A finding of a check, made under the cache lock and turned into a report after it is released.
-struct SlabDiagnosis {
-    ErrorKind kind{};
-    const char* op = nullptr;
-    const char* what = nullptr; // "Poison overwritten", "Object already free", ...
-    const void* object = nullptr;
-    const void* first = nullptr;      // first wrong byte (corruption)
-    const void* last = nullptr;       // last wrong byte (corruption)
-    unsigned found = 0, expected = 0; // the first wrong byte's value and the value it should have
-    const void* slab_addr = nullptr;
-    std::uint32_t objects = 0, inuse = 0;
-    std::string_view other_cache; // the cache an object really belongs to (wrong cache)
-    SlabTrack alloc, free;
-    bool tracked = false;
-    explicit operator bool() const noexcept { return what != nullptr; }
-};
-
-inline std::string hex(const void* p) {
-    char b[32];
-    std::snprintf(b, sizeof b, "0x%016llx",
-                  static_cast<unsigned long long>(reinterpret_cast<std::uintptr_t>(p)));
-    return b;
-}
-inline std::string track_line(const char* verb, const SlabTrack& t) {
-    if (t.when_ns == 0) return std::string(verb) + " in (not recorded)\n";
-    char b[512];
-    std::snprintf(b, sizeof b, "%s in %s %s:%u age=%lldms cpu=%d thread=%llu\n", verb,
-                  t.function != nullptr ? t.function : "?", t.file != nullptr ? t.file : "?", t.line,
-                  static_cast<long long>((now_ns() - t.when_ns) / 1'000'000), t.cpu,
-                  static_cast<unsigned long long>(t.thread));
-    return b;
-}
-// The report in SLUB's words: the BUG banner naming the cache and the problem, then the details.
-inline std::string format_slab_report(std::string_view cache, const SlabDiagnosis& d) {
-    std::string m = "\n=============================================================================\n";
-    m += "BUG " + std::string(cache) + " (Not tainted): " + d.what + "\n";
-    m += "-----------------------------------------------------------------------------\n\n";
-    if (d.first != nullptr) {
-        char b[160];
-        std::snprintf(b, sizeof b, "%s-%s @offset=%lld. First byte 0x%x instead of 0x%x\n",
-                      hex(d.first).c_str(), hex(d.last).c_str(),
-                      static_cast<long long>(static_cast<const std::byte*>(d.first) -
-                                             static_cast<const std::byte*>(d.object)),
-                      d.found, d.expected);
-        m += b;
-    }
-    if (!d.other_cache.empty())
-        m += "Wrong slab cache. " + std::string(cache) + " but object is from " + std::string(d.other_cache) +
-             "\n";
-    if (d.tracked) m += track_line("Allocated", d.alloc) + track_line("Freed", d.free);
-    if (d.slab_addr != nullptr)
-        m += "Slab " + hex(d.slab_addr) + " objects=" + std::to_string(d.objects) +
-             " used=" + std::to_string(d.inuse) + "\n";
-    if (d.object != nullptr) m += "Object " + hex(d.object) + "\n";
-    return m;
-}
-
-// The per-CPU array of free objects (SLAB's struct array_cache; a magazine).
-inline constexpr unsigned slab_array_max = 1024;
-using SlabCpuArray = PtrStack<slab_array_max>;
-
-// The kernel's calculate_alignment(): HWCACHE_ALIGN gives a cache line, halved while the object fits in half.
-constexpr std::size_t slab_alignment(SlabFlags flags, std::size_t align, std::size_t size) noexcept {
-    std::size_t a = align == 0 ? 8 : align;
-    if (any_of(flags, SlabFlags::hwcache_align)) {
-        std::size_t line = 64;
-        while (size <= line / 2) line /= 2;
-        a = std::max(a, line);
-    }
-    return std::max<std::size_t>(a, 8);
-}
-
-} // namespace detail
-
 /// An object cache (struct kmem_cache) over a borrowed page allocator `Parent` with host memory.
 ///
 /// Thread safety follows the lock policy: with NoLock one thread at a time uses the cache; with SpinLock or
@@ -453,7 +84,7 @@ constexpr std::size_t slab_alignment(SlabFlags flags, std::size_t align, std::si
 /// the checks) and debug findings are reported through the error policy after every lock is released; the
 /// cache is left consistent.
 template <class Parent, class... Policies>
-class KmemCache {
+class KmemCache : private detail::SlabDebug {
     static_assert(SlabPageSource<Parent>,
                   "a slab cache's Parent must be a page allocator (BuddyAllocator, Zone, Node): alloc_pages, "
                   "free_pages, compound_head, page_size and max_order.");
@@ -491,7 +122,9 @@ public:
     /// Creates a cache (kmem_cache_create).  A size of 0, an alignment that is not a power of two or is above
     /// a page, or an object that does not fit in the parent's largest block is reported (bad_parameter or
     /// bad_alignment); such a cache stays empty and every allocation from it returns nullptr.
-    KmemCache(Parent& parent, CacheConfig config) : parent_(parent), cfg_(std::move(config)) { setup(); }
+    KmemCache(Parent& parent, CacheConfig config) : detail::SlabDebug(std::move(config)), parent_(parent) {
+        setup();
+    }
     /// kmem_cache_create(name, size, align, flags, ctor) with positional arguments.
     KmemCache(Parent& parent, std::string_view name, std::size_t size, std::size_t align = 0,
               SlabFlags flags = SlabFlags::none, std::function<void(void*)> ctor = {})
@@ -938,33 +571,6 @@ private:
                               "): " + std::string(why)};
     }
 
-    // ----- object geometry -------------------------------------------------------------------------------
-
-    void* get_fp(const void* object) const noexcept {
-        void* next;
-        const auto* at = static_cast<const std::byte*>(object) + fp_offset_;
-        detail::mark_defined(at, sizeof next);
-        std::memcpy(&next, at, sizeof next);
-        return next;
-    }
-    void set_fp(void* object, void* next) const noexcept {
-        auto* at = static_cast<std::byte*>(object) + fp_offset_;
-        detail::mark_defined(at, sizeof next);
-        std::memcpy(at, &next, sizeof next);
-    }
-    void* object_at(const detail::Slab* s, std::uint32_t i) const noexcept {
-        return s->s_mem + std::size_t{i} * stride_ + red_left_;
-    }
-    // The index of the object starting at `p` in slab `s`, or -1 when `p` is not an object start of `s`.
-    std::int64_t object_index(const detail::Slab* s, const void* p) const noexcept {
-        const auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->s_mem) - red_left_;
-        const std::uint64_t i = (off * recip_) >> 32;
-        return (i < objects_ && i * stride_ == off) ? static_cast<std::int64_t>(i) : -1;
-    }
-    SlabTrack* tracks(void* object) const noexcept {
-        return reinterpret_cast<SlabTrack*>(static_cast<std::byte*>(object) + track_offset_);
-    }
-
     // The slab holding `object` when it is one of this cache's objects; otherwise reports why and returns null.
     [[gnu::always_inline]] detail::Slab* owning_slab(void* object, const char* op) {
         Page* page = parent_.virt_to_page(object);
@@ -1374,91 +980,6 @@ private:
 
     // ----- debug (SLUB's alloc_debug_processing / free_debug_processing) --------------------------------
 
-    // init_object: red zones and, for a free object, poison.
-    void init_debug(void* object, unsigned char red, bool is_free) const noexcept {
-        auto* p = static_cast<unsigned char*>(object);
-        if (red_zone_) {
-            std::memset(p - red_left_, red, red_left_);
-            std::memset(p + cfg_.size, red, rz_end_ - cfg_.size);
-        }
-        if (poison_ && is_free) {
-            std::memset(p, slab_poison::free_byte, cfg_.size - 1);
-            p[cfg_.size - 1] = slab_poison::end_byte;
-        }
-    }
-    // check_bytes_and_report: the first and last byte of [from, from + n) that are not `value`.
-    static bool check_bytes(detail::SlabDiagnosis& d, const void* object, const unsigned char* from,
-                            std::size_t n, unsigned char value, const char* what) noexcept {
-        const unsigned char* bad = nullptr;
-        const unsigned char* last = nullptr;
-        for (std::size_t i = 0; i < n; ++i)
-            if (from[i] != value) {
-                if (bad == nullptr) bad = from + i;
-                last = from + i;
-            }
-        if (bad == nullptr) return true;
-        if (!d) {
-            d.kind = ErrorKind::slab_corruption;
-            d.what = what;
-            d.object = object;
-            d.first = bad;
-            d.last = last;
-            d.found = *bad;
-            d.expected = value;
-        }
-        return false;
-    }
-    // check_object for an object that should be free: red zones inactive, poison intact.
-    bool check_free_object(const detail::Slab* s, const void* object, detail::SlabDiagnosis& d,
-                           const char* op) const noexcept {
-        const auto* p = static_cast<const unsigned char*>(object);
-        bool ok = true;
-        if (red_zone_) {
-            ok = check_bytes(d, object, p - red_left_, red_left_, slab_poison::red_inactive,
-                             "Left Redzone overwritten") &&
-                 ok;
-            ok = check_bytes(d, object, p + cfg_.size, rz_end_ - cfg_.size, slab_poison::red_inactive,
-                             "Right Redzone overwritten") &&
-                 ok;
-        }
-        if (poison_) {
-            ok = check_bytes(d, object, p, cfg_.size - 1, slab_poison::free_byte, "Poison overwritten") && ok;
-            ok = check_bytes(d, object, p + cfg_.size - 1, 1, slab_poison::end_byte, "Poison overwritten") &&
-                 ok;
-        }
-        if (!ok) fill_context(d, s, object, op);
-        return ok;
-    }
-    void fill_context(detail::SlabDiagnosis& d, const detail::Slab* s, const void* object,
-                      const char* op) const noexcept {
-        d.op = op;
-        d.object = object;
-        d.slab_addr = s->s_mem - s->colour;
-        d.objects = objects_;
-        d.inuse = s->inuse;
-        if (store_user_) {
-            const SlabTrack* t = tracks(const_cast<void*>(object));
-            d.alloc = t[0];
-            d.free = t[1];
-            d.tracked = true;
-        }
-    }
-    void set_track(void* object, int which, const SourceLocation& where) const noexcept {
-        SlabTrack& t = tracks(object)[which];
-        t.file = where.file_name();
-        t.function = where.function_name();
-        t.line = where.line();
-        t.cpu = detail::current_cpu();
-        t.thread = detail::thread_tag();
-        t.when_ns = detail::now_ns();
-    }
-    bool on_freelist(const detail::Slab* s, const void* object) const noexcept {
-        std::uint32_t n = 0;
-        for (void* o = s->freelist; o != nullptr && n <= objects_; o = get_fp(o), ++n)
-            if (o == object) return true;
-        return false;
-    }
-
     template <class F>
     void* alloc_debug(F flags, const SourceLocation& where) {
         detail::SlabDiagnosis d;
@@ -1528,15 +1049,6 @@ private:
     }
 
     Parent& parent_;
-    CacheConfig cfg_;
-    // Geometry (fixed at creation).
-    std::size_t align_ = 8, stride_ = 0, red_left_ = 0, rz_end_ = 0, fp_offset_ = 0, track_offset_ = 0;
-    std::size_t colour_off_ = 64;
-    std::uint64_t recip_ = 0;
-    std::uint32_t objects_ = 0, colours_ = 1;
-    unsigned order_ = 0;
-    std::atomic<unsigned> limit_{1}, batch_{1}; // changed by set_tunables under every CPU's lock
-    bool debug_ = false, poison_ = false, red_zone_ = false, store_user_ = false;
     // Per-CPU arrays.
     mutable detail::PerCpu<detail::SlabCpuArray, shared> cpus_;
     // The node (kmem_cache_node): lists and counters under lock_.

@@ -13,6 +13,8 @@
 /// vmap maps pages the caller already holds; vfree / vunmap put the PROT_NONE reservation back over the area and
 /// (vfree) return the pages.  Policies: a lock policy (policy::NoLock by default; a lock here needs a page
 /// allocator with a lock too) and an error policy (policy::AssertOnError by default).
+/// The options and the area and counter snapshots (VmapOptions, VmArea, VmallocStats, ...) are in
+/// kmem/vm_area.hpp, which this header includes.
 ///
 /// @code
 ///   using Buddy = kmem::BuddyAllocator<10, 4096, kmem::MemfdRegion>;
@@ -31,6 +33,8 @@
 
 #include <kmem/detail/policies.hpp>
 #include <kmem/detail/reports.hpp>
+#include <kmem/detail/va_space.hpp>
+#include <kmem/detail/vmap_reports.hpp>
 #include <kmem/gfp.hpp>
 #include <kmem/page.hpp>
 #include <kmem/policy/category.hpp>
@@ -39,9 +43,9 @@
 #include <kmem/policy/zone.hpp>
 #include <kmem/region.hpp>
 #include <kmem/scatterlist.hpp>
+#include <kmem/vm_area.hpp>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <concepts>
 #include <cstddef>
@@ -56,7 +60,6 @@
 #include <new>
 #include <optional>
 #include <ostream>
-#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -70,84 +73,6 @@
 #include <unistd.h>
 
 namespace kmem {
-
-/// Options of a VirtualMap, fixed at construction.
-struct VmapOptions {
-    /// Bytes of address space reserved for areas (VMALLOC_TOTAL), rounded up to whole pages; 0 picks four times
-    /// the page allocator's managed bytes, at least 64 MiB.  Areas and their guard pages are carved from it.
-    std::size_t address_space = 0;
-    /// Fault the page tables of a new area in at vmalloc / vmap time (MADV_POPULATE_WRITE), so that the memory
-    /// is mapped when it is returned, as the kernel's is; false leaves the first touch of each page to fault.
-    bool populate = true;
-};
-
-/// What made an area (the kernel's VM_ALLOC / VM_MAP flags of struct vm_struct).
-enum class VmKind : std::uint8_t {
-    vmalloc, ///< VM_ALLOC: pages allocated by vmalloc, returned by vfree.
-    vmap,    ///< VM_MAP: the caller's pages, mapped by vmap; the caller keeps them.
-};
-
-/// The protection of an area's pages (the pgprot_t of vmap: PAGE_KERNEL or PAGE_KERNEL_RO).
-enum class VmProt : std::uint8_t {
-    read_write, ///< PAGE_KERNEL.
-    read_only,  ///< PAGE_KERNEL_RO: a write faults.
-};
-
-/// Who asked for an area: shown in vmallocinfo() where the kernel prints the caller's symbol (%pS).  By default it
-/// records the call site (function, file and line, filled in by default arguments); a name given explicitly is
-/// shown instead.  Pass a string literal to name the caller: `vm.vmalloc(n, "ring_buffer")`.
-struct VmCaller {
-    /// The name to show (copied when the area is made), or nullptr to show the call site.
-    const char* name;
-    /// The calling function (__builtin_FUNCTION).
-    const char* function;
-    /// The calling source file (__builtin_FILE).
-    const char* file;
-    /// The calling line (__builtin_LINE).
-    unsigned line;
-    /// Records the call site, and `name` when one is given.
-    VmCaller(const char* name = nullptr, const char* function = __builtin_FUNCTION(), // NOLINT: implicit
-             const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) noexcept
-        : name(name), function(function), file(file), line(line) {}
-    /// The text vmallocinfo() shows: the name, or "function@file:line" with the file's base name.
-    std::string to_string() const {
-        if (name != nullptr) return name;
-        std::string_view f = file == nullptr ? "?" : file;
-        if (const auto slash = f.find_last_of('/'); slash != std::string_view::npos)
-            f.remove_prefix(slash + 1);
-        return std::string(function == nullptr ? "?" : function) + '@' + std::string(f) + ':' +
-               std::to_string(line);
-    }
-};
-
-/// A snapshot of one area (struct vm_struct), as find_vm_area() returns it.
-struct VmArea {
-    void* addr = nullptr;             ///< The first byte (vm->addr).
-    std::size_t size = 0;             ///< Bytes of address space including the guard page (vm->size).
-    std::size_t guard_size = 0;       ///< Bytes of the guard page after the mapped pages.
-    std::size_t nr_pages = 0;         ///< Pages mapped (vm->nr_pages; for vmap, the caller's pages).
-    std::size_t requested = 0;        ///< Bytes asked for: the vmalloc size, or nr_pages pages for vmap.
-    VmKind kind = VmKind::vmalloc;    ///< VM_ALLOC or VM_MAP.
-    VmProt prot = VmProt::read_write; ///< The protection of the pages.
-    std::string caller;               ///< Who asked (VmCaller::to_string()).
-    /// The mapped bytes, without the guard page (get_vm_area_size()).
-    std::size_t usable_size() const noexcept { return size - guard_size; }
-};
-
-/// A snapshot of a VirtualMap's counters (/proc/meminfo's Vmalloc lines and more).
-struct VmallocStats {
-    std::uint64_t address_space = 0; ///< Bytes of the window (VmallocTotal).
-    std::uint64_t address_used = 0;  ///< Bytes of the window held by areas, guard pages included.
-    std::uint64_t largest_free = 0; ///< The largest free range of the window in bytes (the old VmallocChunk).
-    std::uint64_t vmalloc_areas = 0;  ///< Live areas made by vmalloc.
-    std::uint64_t vmap_areas = 0;     ///< Live areas made by vmap.
-    std::uint64_t vmalloc_pages = 0;  ///< Pages allocated by vmalloc (vmalloc_nr_pages(); VmallocUsed).
-    std::uint64_t vmap_pages = 0;     ///< Caller pages mapped by vmap.
-    std::uint64_t allocations = 0;    ///< Successful vmalloc and vmap calls.
-    std::uint64_t frees = 0;          ///< Successful vfree and vunmap calls.
-    std::uint64_t failures = 0;       ///< vmalloc and vmap calls that returned nullptr for want of memory.
-    std::uint64_t leaked_address = 0; ///< Bytes of window lost because the reservation could not be put back.
-};
 
 namespace detail {
 
@@ -203,217 +128,6 @@ struct vmap_parent_traits<P> {
     static constexpr std::size_t page_size = P::page_size;
     static constexpr bool locked = !std::is_same_v<typename P::lock_type, policy::NoLock>;
 };
-
-/// The free ranges of a VirtualMap's window (the kernel's free_vmap_area_root): by address, to merge neighbours,
-/// and by size, for a best fit in O(log n).  The nodes a change needs are made by the caller before it takes the
-/// lock (Nodes), and nodes a change frees are handed back in the same Nodes, so that nothing under the lock
-/// allocates or frees memory.
-class VaSpace {
-public:
-    using by_addr_type = std::map<std::uintptr_t, std::uintptr_t>;            // start -> length
-    using by_size_type = std::set<std::pair<std::uintptr_t, std::uintptr_t>>; // (length, start)
-    /// Spare nodes: filled before the lock is taken, emptied (destroyed) after it is released.
-    struct Nodes {
-        std::array<by_addr_type::node_type, 2> addr; ///< Map nodes.
-        std::array<by_size_type::node_type, 2> size; ///< Set nodes.
-        /// One node of each kind, for a give() that merges with nothing.  May throw std::bad_alloc.
-        static Nodes one() {
-            Nodes n;
-            by_addr_type m;
-            m.emplace(0, 0);
-            n.addr[0] = m.extract(m.begin());
-            by_size_type s;
-            s.emplace(0, 0);
-            n.size[0] = s.extract(s.begin());
-            return n;
-        }
-        template <class Node>
-        static void keep(std::array<Node, 2>& slots, Node&& node) noexcept {
-            for (Node& s : slots)
-                if (s.empty()) {
-                    s = std::move(node);
-                    return;
-                }
-        }
-        template <class Node>
-        static Node take(std::array<Node, 2>& slots) noexcept {
-            for (Node& s : slots)
-                if (!s.empty()) return std::move(s);
-            return {};
-        }
-    };
-
-    /// Makes [start, start + length) the one free range.
-    void init(std::uintptr_t start, std::uintptr_t length) {
-        by_addr_.emplace(start, length);
-        by_size_.emplace(length, start);
-        free_ = length;
-    }
-    /// Takes `length` bytes from the smallest free range that holds them (the lowest such range among equals);
-    /// returns its start, or 0 when no range is large enough.  O(log n); nodes freed go to `spare`.
-    std::uintptr_t take(std::uintptr_t length, Nodes& spare) noexcept {
-        auto it = by_size_.lower_bound({length, 0});
-        if (it == by_size_.end()) return 0;
-        const auto [have, start] = *it;
-        auto size_node = by_size_.extract(it);
-        auto addr_node = by_addr_.extract(start);
-        if (have > length) { // the rest stays free: reuse both nodes
-            size_node.value() = {have - length, start + length};
-            addr_node.key() = start + length;
-            addr_node.mapped() = have - length;
-            by_size_.insert(std::move(size_node));
-            by_addr_.insert(std::move(addr_node));
-        } else {
-            Nodes::keep(spare.size, std::move(size_node));
-            Nodes::keep(spare.addr, std::move(addr_node));
-        }
-        free_ -= length;
-        return start;
-    }
-    /// Returns [start, start + length), merging it with free neighbours; `spare` must hold one node of each kind
-    /// (used when nothing merges); nodes left over or freed go back to `spare`.  O(log n).
-    void give(std::uintptr_t start, std::uintptr_t length, Nodes& spare) noexcept {
-        auto next = by_addr_.lower_bound(start);
-        auto prev = next == by_addr_.begin() ? by_addr_.end() : std::prev(next);
-        const bool with_prev = prev != by_addr_.end() && prev->first + prev->second == start;
-        const bool with_next = next != by_addr_.end() && start + length == next->first;
-        std::uintptr_t new_start = start, new_length = length;
-        if (with_next) {
-            new_length += next->second;
-            Nodes::keep(spare.size, by_size_.extract({next->second, next->first}));
-            Nodes::keep(spare.addr, by_addr_.extract(next));
-        }
-        if (with_prev) {
-            new_start = prev->first;
-            new_length += prev->second;
-            auto size_node = by_size_.extract({prev->second, prev->first});
-            prev->second = new_length;
-            size_node.value() = {new_length, new_start};
-            by_size_.insert(std::move(size_node));
-        } else {
-            auto addr_node = Nodes::take(spare.addr);
-            auto size_node = Nodes::take(spare.size);
-            addr_node.key() = new_start;
-            addr_node.mapped() = new_length;
-            size_node.value() = {new_length, new_start};
-            by_addr_.insert(std::move(addr_node));
-            by_size_.insert(std::move(size_node));
-        }
-        free_ += length;
-    }
-    /// Free bytes.
-    std::uintptr_t free_bytes() const noexcept { return free_; }
-    /// The largest free range in bytes, 0 when none.
-    std::uintptr_t largest() const noexcept { return by_size_.empty() ? 0 : by_size_.rbegin()->first; }
-    /// The free ranges, by address.
-    const by_addr_type& ranges() const noexcept { return by_addr_; }
-    /// The first inconsistency between the two indexes or with the free count, or "".
-    std::string check() const {
-        if (by_addr_.size() != by_size_.size())
-            return "the free ranges by address and by size differ in number";
-        std::uintptr_t sum = 0, last_end = 0;
-        for (const auto& [start, length] : by_addr_) {
-            if (length == 0) return "a free range of the window is empty";
-            if (start < last_end) return "two free ranges of the window overlap";
-            if (start == last_end && sum != 0)
-                return "two free ranges of the window touch but were not merged";
-            if (by_size_.count({length, start}) != 1) return "a free range is missing from the index by size";
-            sum += length;
-            last_end = start + length;
-        }
-        if (sum != free_) return "the free ranges do not add up to the free byte count";
-        return {};
-    }
-
-private:
-    by_addr_type by_addr_;
-    by_size_type by_size_;
-    std::uintptr_t free_ = 0;
-};
-
-/// The caller mistakes a VirtualMap diagnoses (under its lock; reported after it).
-enum class VmMisuse : std::uint8_t {
-    none,
-    zero_size,         ///< vmalloc(0) / vmap of no pages.
-    outside,           ///< a = address, b = window start, c = window end.
-    inside_area,       ///< a = address, b = area start, c = area end (guard included), d = 1 for vmap.
-    misaligned,        ///< a = address, b = page size.
-    no_area,           ///< a = address.
-    vunmap_of_vmalloc, ///< a = address, b = pages.
-    null_page,         ///< a = index, b = count.
-    foreign_page,      ///< a = index, b = count.
-    range_outside,     ///< a = address, b = bytes.
-};
-
-/// A mistake recorded under the lock: what, the operation, and its numbers.
-struct VmDiagnosis {
-    VmMisuse what = VmMisuse::none;           ///< The mistake, or none.
-    std::string_view op;                      ///< The operation ("vfree").
-    std::uint64_t a = 0, b = 0, c = 0, d = 0; ///< The numbers of the sentence (see VmMisuse).
-    /// True when there is a mistake.
-    explicit operator bool() const noexcept { return what != VmMisuse::none; }
-};
-
-/// The ErrorKind of a VmMisuse.
-constexpr ErrorKind kind_of(VmMisuse m) noexcept {
-    switch (m) {
-    case VmMisuse::outside:
-    case VmMisuse::foreign_page:
-    case VmMisuse::range_outside:
-        return ErrorKind::out_of_region;
-    case VmMisuse::inside_area:
-        return ErrorKind::not_block_start;
-    case VmMisuse::misaligned:
-        return ErrorKind::misaligned;
-    case VmMisuse::no_area:
-        return ErrorKind::double_free;
-    case VmMisuse::zero_size:
-    case VmMisuse::vunmap_of_vmalloc:
-    case VmMisuse::null_page:
-    case VmMisuse::none:
-        break;
-    }
-    return ErrorKind::bad_parameter;
-}
-
-/// The sentence of a VmDiagnosis (built after the lock is released).
-inline std::string describe(const VmDiagnosis& d) {
-    using std::to_string;
-    const auto at = [](std::uint64_t v) { return "0x" + hex(v); };
-    switch (d.what) {
-    case VmMisuse::zero_size:
-        return d.op == "vmap" ? "no pages were given; vmap maps at least one page."
-                              : "a size of 0 bytes was asked; an area holds at least one byte.";
-    case VmMisuse::outside:
-        return "address " + at(d.a) + " is outside this VirtualMap's address space " + at(d.b) + "-" +
-               at(d.c) + ", so neither vmalloc nor vmap returned it.";
-    case VmMisuse::inside_area:
-        return "address " + at(d.a) + " is inside the " + (d.d != 0 ? "vmap" : "vmalloc") + " area " +
-               at(d.b) + "-" + at(d.c) +
-               " (guard page included) but is not its start; pass the address that " +
-               (d.d != 0 ? "vmap" : "vmalloc") + " returned.";
-    case VmMisuse::misaligned:
-        return "address " + at(d.a) + " is not aligned to the page size " + to_string(d.b) +
-               ", so no area starts there.";
-    case VmMisuse::no_area:
-        return "no area starts at address " + at(d.a) + ": it was freed already, or never allocated.";
-    case VmMisuse::vunmap_of_vmalloc:
-        return "the area at " + at(d.a) +
-               " was allocated by vmalloc; free it with vfree, since vunmap would leave " + "its " +
-               to_string(d.b) + " pages allocated.";
-    case VmMisuse::null_page:
-        return "page " + to_string(d.a) + " of " + to_string(d.b) + " is a null pointer.";
-    case VmMisuse::foreign_page:
-        return "page " + to_string(d.a) + " of " + to_string(d.b) +
-               " is not a page descriptor of this VirtualMap's page allocator.";
-    case VmMisuse::range_outside:
-        return "the " + to_string(d.b) + " bytes at " + at(d.a) +
-               " are not inside the mapped pages of one vmalloc or vmap area.";
-    case VmMisuse::none:
-        break;
-    }
-    return {};
-}
 
 } // namespace detail
 
