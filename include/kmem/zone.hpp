@@ -1113,14 +1113,12 @@ private:
     void count_failure() noexcept { failures_.fetch_add(1, std::memory_order_relaxed); }
     [[gnu::noinline]] Page* order_above_max(std::uint32_t bits, unsigned order, std::string_view op) {
         count_failure();
-        if (warn_ != nullptr && !(bits & gfp::bits::nowarn) && !warned_order_.exchange(true))
-            *warn_ << detail::order_above_max_text(name_, op, order, bits, MaxOrder);
+        detail::warn_order_above_max(warn_, warned_order_, name_, op, order, bits, MaxOrder);
         return nullptr;
     }
     void oversized(std::uint32_t bits, std::uint64_t bytes) {
         count_failure();
-        if (!(bits & gfp::bits::nowarn) && warn_ != nullptr)
-            *warn_ << detail::oversized_text(name_, bytes, std::uint64_t{PageSize} << MaxOrder);
+        detail::warn_oversized(warn_, name_, bits, bytes, std::uint64_t{PageSize} << MaxOrder);
     }
 
     [[gnu::flatten, gnu::always_inline]] void free_core(index_t g, unsigned order, std::string_view op,

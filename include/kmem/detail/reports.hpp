@@ -13,8 +13,10 @@
 #include <kmem/policy/error.hpp>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <ostream>
 #include <string>
 #include <string_view>
 
@@ -219,20 +221,24 @@ std::string warn_alloc_text(std::string_view name, int node, ZoneType zone, std:
     return out;
 }
 
-/// The one-time warning for a request above MaxOrder (the kernel's WARN_ON_ONCE_GFP(order > MAX_PAGE_ORDER)).
-inline std::string order_above_max_text(std::string_view name, std::string_view op, unsigned order,
-                                        std::uint32_t bits, unsigned max_order) {
+/// Writes the warning for a request above MaxOrder to `warn`, once per allocator (`warned`), unless there is no
+/// stream or the flags carry __GFP_NOWARN (the kernel's WARN_ON_ONCE_GFP(order > MAX_PAGE_ORDER)).
+inline void warn_order_above_max(std::ostream* warn, std::atomic<bool>& warned, std::string_view name,
+                                 std::string_view op, unsigned order, std::uint32_t bits,
+                                 unsigned max_order) {
+    if (warn == nullptr || (bits & gfp::bits::nowarn) || warned.exchange(true)) return;
     char mode[48];
     std::snprintf(mode, sizeof mode, "%#x", bits);
-    return std::string(name) + ": " + std::string(op) +
-           ": page allocation failure: order:" + std::to_string(order) + ", mode:" + mode + '(' +
-           gfp::to_string(bits) + "): the order is above MaxOrder " + std::to_string(max_order) +
-           " (warned once)\n";
+    *warn << name << ": " << op << ": page allocation failure: order:" << order << ", mode:" << mode << '('
+          << gfp::to_string(bits) << "): the order is above MaxOrder " << max_order << " (warned once)\n";
 }
-/// The warning for a byte-size request above the largest block (`largest` bytes).
-inline std::string oversized_text(std::string_view name, std::uint64_t bytes, std::uint64_t largest) {
-    return std::string(name) + ": allocation of " + std::to_string(bytes) +
-           " bytes is above the largest block (" + std::to_string(largest) + " bytes)\n";
+/// Writes the warning for a byte-size request above the largest block (`largest` bytes) to `warn`, unless there
+/// is no stream or the flags carry __GFP_NOWARN.
+inline void warn_oversized(std::ostream* warn, std::string_view name, std::uint32_t bits, std::uint64_t bytes,
+                           std::uint64_t largest) {
+    if (warn == nullptr || (bits & gfp::bits::nowarn)) return;
+    *warn << name << ": allocation of " << bytes << " bytes is above the largest block (" << largest
+          << " bytes)\n";
 }
 
 /// Why index `i` of `map` does not head an allocated block of `order` (what free_pages / put_page / split_page
